@@ -1,0 +1,320 @@
+"""The ReTeX model classes: one merged backbone, per-task offsets, signatures and heads.
+
+Data flows one way: inputs → router (signatures over merged-model features) → one forward pass
+of the merged backbone in which hooks add each sample's offset → per-task heads → outputs that
+name the task each sample was routed to.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import transformers
+from torch import nn
+from transformers import AutoConfig, PreTrainedModel
+from transformers.utils import ModelOutput
+
+from . import backbones
+from .configuration_retex import RetexConfig
+from .heads import PerTaskHead, TensorHeads, resize_head
+from .offsets.bank import LowRankOffset, OffsetBank, VectorOffset
+from .offsets.hooks import install_offset_hooks
+from .routing.context import RoutingState, routing
+from .routing.signatures import SubspaceRouter
+
+TaskSpec = str | Sequence[str] | torch.Tensor | None
+
+
+class UnknownTaskError(ValueError):
+    """Raised under ``unknown_task_policy="raise"`` when an input fits no task's signature."""
+
+
+@dataclass
+class RetexOutput(ModelOutput):
+    """Backbone outputs plus where each sample was routed."""
+
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    last_hidden_state: torch.Tensor | None = None
+    pooler_output: torch.Tensor | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
+    task_ids: torch.Tensor | None = None
+    unknown: torch.Tensor | None = None
+    residuals: torch.Tensor | None = None
+
+
+@dataclass
+class RetexSeq2SeqOutput(ModelOutput):
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    past_key_values: object | None = None
+    encoder_last_hidden_state: torch.Tensor | None = None
+    task_ids: torch.Tensor | None = None
+    unknown: torch.Tensor | None = None
+    residuals: torch.Tensor | None = None
+
+
+def _matrix_shape(param: torch.Tensor) -> tuple[int, int]:
+    return param.shape[0], math.prod(param.shape[1:])
+
+
+class RetexPreTrainedModel(PreTrainedModel):
+    config_class = RetexConfig
+    base_model_prefix = "retex"
+    _supports_sdpa = True
+    supports_gradient_checkpointing = True
+    # forward() returns a mean loss: Trainer must not rescale it for gradient accumulation.
+    accepts_loss_kwargs = False
+
+    def __init__(self, config: RetexConfig):
+        super().__init__(config)
+        if not config.backbone_architecture or config.backbone_config is None:
+            raise ValueError("RetexConfig needs backbone_architecture and backbone_config")
+        backbone_cls = getattr(transformers, config.backbone_architecture, None)
+        if backbone_cls is None:
+            raise ValueError(f"unknown backbone architecture {config.backbone_architecture!r}")
+        self.backbone = backbone_cls(config.backbone_config)
+        self.main_input_name = self.backbone.main_input_name
+        tasks = config.task_names
+        num_labels = {t: config.num_labels_of(t) for t in tasks}
+        if config.head_type == "module":
+            template = getattr(self.backbone, config.head_module)
+            heads = {t: resize_head(template, config.backbone_config.num_labels, n) for t, n in num_labels.items()}
+            setattr(self.backbone, config.head_module, PerTaskHead(heads, tasks, num_labels))
+        elif config.head_type == "tensor":
+            shapes = {t: tuple(config.head_dims[t]) for t in tasks}
+            self.heads = TensorHeads(shapes, config.normalize_features, config.logit_scale)
+        self.offsets = OffsetBank(
+            tasks,
+            {n: _matrix_shape(self.backbone.get_parameter(n)) for n in config.offset_matrix_targets},
+            config.offset_ranks,
+            {n: tuple(self.backbone.get_parameter(n).shape) for n in config.offset_vector_targets},
+        )
+        self.router = SubspaceRouter(len(tasks), config.router_feature_dim, config.router_num_components)
+        self._offset_hooks = install_offset_hooks(
+            self.backbone, self.offsets, config.offset_matrix_targets, config.offset_vector_targets
+        )
+        self.post_init()
+
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, (LowRankOffset, VectorOffset, TensorHeads)):
+            for param in module.parameters():
+                nn.init.zeros_(param)
+        elif isinstance(module, SubspaceRouter):
+            module.means.zero_()
+            module.bases.zero_()
+            module.thresholds.fill_(1.0)
+
+    # ----------------------------------------------------------------- loading
+    @classmethod
+    def _architecture_class(cls, config: RetexConfig) -> type[RetexPreTrainedModel]:
+        """The class a checkpoint was saved as, so that AutoModel returns the same class."""
+        for name in config.architectures or []:
+            found = _ARCHITECTURES.get(name)
+            if found is not None:
+                return found
+        return cls
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        if cls is RetexModel:
+            config = kwargs.get("config")
+            if not isinstance(config, RetexConfig):
+                hub_keys = ("cache_dir", "revision", "token", "local_files_only", "force_download", "subfolder")
+                config = AutoConfig.from_pretrained(
+                    pretrained_model_name_or_path, **{k: kwargs[k] for k in hub_keys if k in kwargs}
+                )
+            target = cls._architecture_class(config)
+            if target is not cls:
+                return target.from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+
+    @classmethod
+    def _from_config(cls, config, **kwargs):
+        target = cls._architecture_class(config) if cls is RetexModel else cls
+        return super(RetexPreTrainedModel, target)._from_config(config, **kwargs)
+
+    # ----------------------------------------------------------------- routing
+    @property
+    def task_names(self) -> list[str]:
+        return list(self.config.task_names)
+
+    def task_index(self, task: str) -> int:
+        try:
+            return self.config.task_names.index(task)
+        except ValueError:
+            raise ValueError(f"unknown task {task!r}; known tasks: {', '.join(self.config.task_names)}") from None
+
+    @torch.no_grad()
+    def route_features(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """L2-normalised features of the plain merged model, which the signatures were fit on."""
+        with routing(None):
+            return backbones.pool_features(self.backbone, inputs)
+
+    def route(self, inputs: dict[str, torch.Tensor], task: TaskSpec = None) -> tuple[RoutingState, dict]:
+        """Decide every sample's task code. ``task`` skips the router (one name or one per sample)."""
+        batch = _batch_size(inputs)
+        device = self.router.means.device
+        num_tasks = len(self.config.task_names)
+        if task is not None:
+            if isinstance(task, str):
+                ids = torch.full((batch,), self.task_index(task), dtype=torch.long)
+            elif isinstance(task, torch.Tensor):
+                ids = task.to(torch.long).flatten().cpu()
+            else:
+                ids = torch.tensor([self.task_index(t) for t in task], dtype=torch.long)
+            if ids.numel() != batch:
+                raise ValueError(f"task= names {ids.numel()} tasks for a batch of {batch} samples")
+            ids = ids.to(device)
+            codes = torch.nn.functional.one_hot(ids, num_tasks).float()
+            return RoutingState(codes, ids), {"unknown": torch.zeros(batch, dtype=torch.bool, device=device)}
+        features = self.route_features(inputs)
+        residuals = self.router.residuals(features)
+        task_ids, soft, unknown = self.router.route(features, self.config.router_temperature)
+        codes = torch.nn.functional.one_hot(task_ids, num_tasks).float()
+        if unknown.any():
+            policy = self.config.unknown_task_policy
+            if policy == "raise":
+                raise UnknownTaskError(
+                    f"{int(unknown.sum())} of {batch} inputs fit no known task's signature "
+                    f"(tasks: {', '.join(self.config.task_names)})"
+                )
+            fallback = soft if policy == "soft" else torch.zeros_like(soft)
+            codes = torch.where(unknown[:, None], fallback, codes)
+        return RoutingState(codes, task_ids), {"unknown": unknown, "residuals": residuals.float()}
+
+    # ----------------------------------------------------------------- artefacts
+    def materialize(self, task: str) -> PreTrainedModel:
+        """A plain transformers model with θ_m ⊕ o_task baked in: the recovered expert."""
+        from .export import materialize_backbone
+
+        return materialize_backbone(self, task)
+
+    def materialize_merged(self) -> PreTrainedModel:
+        """The plain merged model (no offsets), e.g. as the base of an exported PEFT adapter."""
+        from .export import materialize_backbone
+
+        return materialize_backbone(self, None)
+
+    def retex_storage(self) -> dict[str, int]:
+        """Bytes held by each part of the checkpoint, and the total as a multiple of one model."""
+        from .export import storage_report
+
+        return storage_report(self)
+
+
+def _batch_size(inputs: dict[str, torch.Tensor]) -> int:
+    for key in ("input_ids", "pixel_values", "inputs_embeds"):
+        value = inputs.get(key)
+        if value is not None:
+            return value.shape[0]
+    raise ValueError("cannot route: the batch holds none of input_ids, pixel_values, inputs_embeds")
+
+
+def _model_inputs(**kwargs) -> dict:
+    return {k: v for k, v in kwargs.items() if v is not None}
+
+
+class RetexModel(RetexPreTrainedModel):
+    """The routed backbone without heads; `AutoModel` loads any ReTeX checkpoint as its saved class."""
+
+    def forward(self, task: TaskSpec = None, **inputs) -> RetexOutput:
+        inputs = _model_inputs(**inputs)
+        state, info = self.route(inputs, task)
+        with routing(state):
+            out = self.backbone(**inputs, return_dict=True)
+        return RetexOutput(
+            last_hidden_state=getattr(out, "last_hidden_state", None),
+            pooler_output=getattr(out, "pooler_output", None),
+            hidden_states=getattr(out, "hidden_states", None),
+            attentions=getattr(out, "attentions", None),
+            task_ids=state.task_ids,
+            **info,
+        )
+
+
+def _classification_loss(logits: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor | None:
+    if labels is None:
+        return None
+    return nn.functional.cross_entropy(logits.float(), labels.to(logits.device))
+
+
+class RetexForSequenceClassification(RetexPreTrainedModel):
+    def forward(self, labels: torch.Tensor | None = None, task: TaskSpec = None, **inputs) -> RetexOutput:
+        inputs = _model_inputs(**inputs)
+        state, info = self.route(inputs, task)
+        with routing(state):
+            out = self.backbone(**inputs, return_dict=True)
+        return RetexOutput(
+            loss=_classification_loss(out.logits, labels),
+            logits=out.logits,
+            hidden_states=out.hidden_states,
+            attentions=out.attentions,
+            task_ids=state.task_ids,
+            **info,
+        )
+
+
+class RetexForImageClassification(RetexPreTrainedModel):
+    def forward(
+        self, pixel_values: torch.Tensor | None = None, labels: torch.Tensor | None = None, task: TaskSpec = None, **kwargs
+    ) -> RetexOutput:
+        inputs = _model_inputs(pixel_values=pixel_values, **kwargs)
+        state, info = self.route(inputs, task)
+        with routing(state):
+            out = self.backbone(**inputs, return_dict=True)
+        if self.config.head_type == "tensor":
+            pooled = backbones.tower_pooled_output(out)
+            logits = self.heads(pooled, state.task_ids)
+        else:
+            pooled = getattr(out, "pooler_output", None)
+            logits = out.logits
+        return RetexOutput(
+            loss=_classification_loss(logits, labels),
+            logits=logits,
+            pooler_output=pooled,
+            hidden_states=out.hidden_states,
+            attentions=out.attentions,
+            task_ids=state.task_ids,
+            **info,
+        )
+
+
+class RetexForConditionalGeneration(RetexPreTrainedModel, transformers.GenerationMixin):
+    """T5-style models: routed on the encoder input; offsets act in encoder and decoder."""
+
+    def __init__(self, config: RetexConfig):
+        super().__init__(config)
+        self.generation_config = self.backbone.generation_config
+
+    def forward(self, labels: torch.Tensor | None = None, task: TaskSpec = None, **inputs) -> RetexSeq2SeqOutput:
+        inputs = _model_inputs(**inputs)
+        state, info = self.route(inputs, task)
+        with routing(state):
+            out = self.backbone(**inputs, labels=labels, return_dict=True)
+        return RetexSeq2SeqOutput(
+            loss=out.loss,
+            logits=out.logits,
+            past_key_values=out.past_key_values,
+            encoder_last_hidden_state=out.encoder_last_hidden_state,
+            task_ids=state.task_ids,
+            **info,
+        )
+
+    @torch.no_grad()
+    def generate(self, input_ids: torch.Tensor | None = None, task: TaskSpec = None, **kwargs):
+        """Route once on the encoder input, then let the backbone generate under that routing."""
+        inputs = _model_inputs(input_ids=input_ids, attention_mask=kwargs.get("attention_mask"))
+        state, _ = self.route(inputs, task)
+        with routing(state):
+            return self.backbone.generate(input_ids=input_ids, **kwargs)
+
+
+_ARCHITECTURES: dict[str, type[RetexPreTrainedModel]] = {
+    cls.__name__: cls
+    for cls in (RetexModel, RetexForSequenceClassification, RetexForImageClassification, RetexForConditionalGeneration)
+}

@@ -1,0 +1,129 @@
+"""Forward hooks that add each sample's offset to a layer's output.
+
+Hooks leave the backbone's modules and state-dict keys exactly as transformers made them (ties,
+`from_pretrained`, `device_map` and `materialize` keep working), and they read the routing of the
+current call from a context variable, so concurrent calls never see each other's routing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+from ..routing.context import RoutingState, current_routing
+from .bank import LowRankOffset, OffsetBank, VectorOffset
+from .targets import modules_using, norm_flavour
+
+
+def _add_low_rank(
+    output: torch.Tensor,
+    x: torch.Tensor,
+    state: RoutingState,
+    task_names: list[str],
+    offset: LowRankOffset,
+    project: Callable[[str, torch.Tensor], torch.Tensor],
+) -> torch.Tensor:
+    for j, rows, weights in state.groups:
+        task = task_names[j]
+        if task not in offset.A:
+            continue
+        x_rows = x if rows is None else x.index_select(0, rows)
+        delta = project(task, x_rows)
+        delta = (delta * weights.view(-1, *([1] * (delta.dim() - 1))).to(delta.dtype)).to(output.dtype)
+        output = output + delta if rows is None else output.index_add(0, rows, delta)
+    return output
+
+
+def _broadcast(sample_values: torch.Tensor, like: torch.Tensor, channel_dim: int) -> torch.Tensor:
+    """[batch, C] -> shape broadcastable against ``like`` with C at ``channel_dim``."""
+    shape = [1] * like.dim()
+    shape[0] = sample_values.shape[0]
+    shape[channel_dim] = sample_values.shape[1]
+    return sample_values.view(shape).to(like.dtype)
+
+
+def _rms_normalise(x: torch.Tensor, eps: float) -> torch.Tensor:
+    variance = x.float().pow(2).mean(-1, keepdim=True)
+    return (x.float() * torch.rsqrt(variance + eps)).to(x.dtype)
+
+
+def _make_hook(
+    module: nn.Module,
+    task_names: list[str],
+    weight_offset: LowRankOffset | None,
+    weight_kind: str | None,
+    vectors: dict[str, VectorOffset],
+) -> Callable:
+    flavour = norm_flavour(module)
+
+    def hook(mod: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
+        state = current_routing()
+        if state is None or not args:
+            return None
+        x = args[0]
+        if weight_kind == "embedding" and x.shape[0] == 1 and state.batch_size > 1:
+            # Position ids are looked up once for the whole batch; give each sample its own row.
+            x = x.expand(state.batch_size, *x.shape[1:])
+            output = output.expand(state.batch_size, *output.shape[1:])
+        state = state.rows_for(output.shape[0])
+        if weight_offset is not None:
+            if weight_kind == "linear":
+                project = weight_offset.project_linear
+            elif weight_kind == "embedding":
+                project = weight_offset.lookup
+            else:
+                project = lambda task, rows: weight_offset.project_conv(task, rows, mod)  # noqa: E731
+            output = _add_low_rank(output, x, state, task_names, weight_offset, project)
+        if "bias" in vectors:
+            channel_dim = 1 if weight_kind == "conv" else -1
+            output = output + _broadcast(vectors["bias"].per_sample(state.codes, task_names), output, channel_dim)
+        if "norm_weight" in vectors or "norm_bias" in vectors:
+            if "norm_weight" in vectors:
+                if flavour == "layer":
+                    normed = F.layer_norm(x, mod.normalized_shape, eps=mod.eps)
+                else:
+                    normed = _rms_normalise(x, getattr(mod, "variance_epsilon", getattr(mod, "eps", 1e-6)))
+                scale = vectors["norm_weight"].per_sample(state.codes, task_names)
+                output = output + normed.to(output.dtype) * _broadcast(scale, output, -1)
+            if "norm_bias" in vectors:
+                shift = vectors["norm_bias"].per_sample(state.codes, task_names)
+                output = output + _broadcast(shift, output, -1)
+        if "class_embedding" in vectors:
+            cls = vectors["class_embedding"].per_sample(state.codes, task_names).to(output.dtype)
+            output = torch.cat([output[:, :1] + cls[:, None], output[:, 1:]], dim=1)
+        return output
+
+    return hook
+
+
+def install_offset_hooks(
+    backbone: nn.Module,
+    bank: OffsetBank,
+    matrix_kinds: dict[str, str],
+    vector_kinds: dict[str, str],
+) -> list[RemovableHandle]:
+    """Register one hook per module that reads a parameter with an offset."""
+    per_module: dict[int, dict] = {}
+
+    def entry(module: nn.Module) -> dict:
+        return per_module.setdefault(id(module), {"module": module, "weight": None, "kind": None, "vectors": {}})
+
+    for name, kind in matrix_kinds.items():
+        for _, module, _attr in modules_using(backbone, name):
+            use_kind = "linear" if isinstance(module, nn.Linear) else kind
+            slot = entry(module)
+            slot["weight"], slot["kind"] = bank.matrix(name), use_kind
+    for name, kind in vector_kinds.items():
+        for _, module, attr in modules_using(backbone, name):
+            entry(module)["vectors"][kind] = bank.vector(name)
+            if attr == "bias" and isinstance(module, (nn.Conv1d, nn.Conv2d)):
+                entry(module)["kind"] = entry(module)["kind"] or "conv"
+    handles = []
+    for slot in per_module.values():
+        hook = _make_hook(slot["module"], bank.task_names, slot["weight"], slot["kind"], slot["vectors"])
+        handles.append(slot["module"].register_forward_hook(hook))
+    return handles

@@ -1,0 +1,80 @@
+"""What each expert says on its calibration inputs: the targets the offsets are trained towards.
+
+Targets are computed once, before training, so the experts need not stay in memory (or on the
+accelerator) while the offsets train.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+import torch.nn.functional as F
+from transformers import PreTrainedModel
+
+from .. import backbones
+
+TOP_K = 32  # token-level KL for seq2seq keeps the teacher's top-k tokens per position
+
+
+def pooled_output(outputs, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    pooled = getattr(outputs, "pooler_output", None)
+    if pooled is not None:
+        return pooled
+    return backbones.masked_mean(outputs.last_hidden_state, attention_mask)
+
+
+@torch.no_grad()
+def teacher_examples(
+    expert: PreTrainedModel,
+    task_index: int,
+    batches: list[dict[str, torch.Tensor]],
+    head_type: str,
+    width: int,
+    head: torch.Tensor | None = None,
+    head_fn=None,
+    pad_token_id: int = 0,
+) -> list[dict[str, torch.Tensor]]:
+    """One training example per calibration input: its model inputs, task and teacher target."""
+    examples = []
+    for batch in batches:
+        out = expert(**batch, return_dict=True)
+        if backbones.is_encoder_decoder(expert):
+            logprobs = F.log_softmax(out.logits.float(), dim=-1)
+            k = min(TOP_K, logprobs.shape[-1])
+            top_logprobs, top_ids = logprobs.topk(k, dim=-1)
+            decoder = batch["decoder_input_ids"]
+            mask = decoder != pad_token_id
+            mask[:, 0] = True
+            targets = {"teacher_top_ids": top_ids, "teacher_top_logprobs": top_logprobs, "decoder_mask": mask}
+        elif head_type == "module":
+            targets = {"teacher_logits": F.pad(out.logits.float(), (0, width - out.logits.shape[-1]), value=float("-inf"))}
+        elif head_type == "tensor":
+            logits = head_fn(backbones.tower_pooled_output(out))
+            targets = {"teacher_logits": F.pad(logits.float(), (0, width - logits.shape[-1]), value=float("-inf"))}
+        else:
+            targets = {"teacher_features": pooled_output(out, batch.get("attention_mask")).float()}
+        size = next(iter(batch.values())).shape[0]
+        for i in range(size):
+            example = {k: v[i] for k, v in batch.items()}
+            example.update({k: v[i] for k, v in targets.items()})
+            example["task_index"] = torch.tensor(task_index)
+            examples.append(example)
+    return examples
+
+
+def pad_and_stack(examples: list[Mapping[str, torch.Tensor]], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """Collate examples from different tasks: pad every tensor's first axis to the longest."""
+    batch = {}
+    for key in examples[0]:
+        values = [e[key] for e in examples]
+        if values[0].dim() >= 1:
+            length = max(v.shape[0] for v in values)
+            fill = pad_token_id if key in ("input_ids", "decoder_input_ids") else 0
+            padded = []
+            for v in values:
+                pad = [0, 0] * (v.dim() - 1) + [0, length - v.shape[0]]
+                padded.append(F.pad(v, pad, value=fill) if length > v.shape[0] else v)
+            values = padded
+        batch[key] = torch.stack(values)
+    return batch

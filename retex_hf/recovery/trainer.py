@@ -1,0 +1,128 @@
+"""Recovery training: refine the offsets so that θ_m ⊕ o_t answers like expert t.
+
+Only offsets train; merged weights, heads and signatures stay frozen. No labels: the targets are
+the experts' own outputs on unlabeled calibration inputs (KL on logits for classifiers,
+token-level KL for seq2seq, feature MSE for towers without heads). It runs through
+`transformers.Trainer`, so accelerate, mixed precision and gradient accumulation come for free.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Mapping
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+from transformers import PreTrainedModel, Trainer, TrainingArguments
+from transformers.trainer_callback import PrinterCallback
+
+from .targets import pad_and_stack, pooled_output, teacher_examples
+
+MODEL_KEYS = ("input_ids", "attention_mask", "token_type_ids", "pixel_values", "decoder_input_ids")
+
+
+class _ListDataset(Dataset):
+    def __init__(self, examples: list[dict[str, torch.Tensor]]):
+        self.examples = examples
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return self.examples[index]
+
+
+def _masked_kl(teacher_logits: torch.Tensor, student_logits: torch.Tensor) -> torch.Tensor:
+    """KL(teacher ‖ student) over the labels of each row's task (−inf marks labels it lacks)."""
+    valid = torch.isfinite(teacher_logits)
+    t_log = F.log_softmax(teacher_logits.masked_fill(~valid, -1e9), dim=-1)
+    s_log = F.log_softmax(student_logits.float().masked_fill(~valid, -1e9), dim=-1)
+    per_row = torch.where(valid, t_log.exp() * (t_log - s_log), torch.zeros_like(t_log)).sum(-1)
+    return per_row.mean()
+
+
+class RecoveryTrainer(Trainer):
+    """A Trainer whose loss is the distance between the routed model and each row's expert."""
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        model.eval()  # the targets come from deterministic experts: no dropout in the student either
+        task = inputs["task_index"]
+        model_inputs = {k: v for k, v in inputs.items() if k in MODEL_KEYS}
+        outputs = model(**model_inputs, task=task)
+        if "teacher_logits" in inputs:
+            loss = _masked_kl(inputs["teacher_logits"], outputs.logits)
+        elif "teacher_top_ids" in inputs:
+            s_log = F.log_softmax(outputs.logits.float(), dim=-1).gather(-1, inputs["teacher_top_ids"])
+            t_log = inputs["teacher_top_logprobs"]
+            per_position = (t_log.exp() * (t_log - s_log)).sum(-1)
+            mask = inputs["decoder_mask"].to(per_position.dtype)
+            loss = (per_position * mask).sum() / mask.sum().clamp_min(1.0)
+        else:
+            student = pooled_output(outputs, model_inputs.get("attention_mask")).float()
+            loss = F.mse_loss(student, inputs["teacher_features"])
+        return (loss, outputs) if return_outputs else loss
+
+
+def recover(
+    model: PreTrainedModel,
+    experts: Mapping[str, PreTrainedModel],
+    calibration: Mapping[str, list[dict[str, torch.Tensor]]],
+    steps: int = 200,
+    learning_rate: float = 1e-3,
+    batch_size: int = 16,
+    seed: int = 0,
+    quiet: bool = True,
+    output_dir: str | None = None,
+    **training_args,
+) -> list[dict]:
+    """Distil every expert into its offsets for ``steps`` optimiser steps; returns the loss log."""
+    config = model.config
+    pad_id = getattr(config.backbone_config, "pad_token_id", None) or 0
+    width = max((len(v) for v in config.task_id2label.values()), default=0)
+    examples = []
+    for t, task in enumerate(config.task_names):
+        head_fn = None
+        if config.head_type == "tensor":
+            head_fn = lambda pooled, task=task: model.heads.logits_for(task, pooled)  # noqa: E731
+        examples += teacher_examples(
+            experts[task], t, calibration[task], config.head_type, width, head_fn=head_fn, pad_token_id=pad_id
+        )
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    for name, param in model.named_parameters():
+        param.requires_grad_(name.startswith("offsets."))
+    args = TrainingArguments(
+        output_dir=output_dir or tempfile.mkdtemp(prefix="retex-recovery-"),
+        max_steps=steps,
+        per_device_train_batch_size=batch_size,
+        learning_rate=learning_rate,
+        lr_scheduler_type="cosine",
+        weight_decay=0.0,
+        save_strategy="no",
+        report_to="none",
+        logging_steps=max(1, steps // 10),
+        disable_tqdm=quiet,
+        seed=seed,
+        data_seed=seed,
+        remove_unused_columns=False,
+        use_cpu=not torch.cuda.is_available(),
+        **training_args,
+    )
+    trainer = RecoveryTrainer(
+        model=model,
+        args=args,
+        train_dataset=_ListDataset(examples),
+        data_collator=lambda rows: pad_and_stack(rows, pad_id),
+    )
+    if quiet:
+        trainer.remove_callback(PrinterCallback)
+    try:
+        trainer.train()
+    finally:
+        for name, param in model.named_parameters():
+            param.requires_grad_(name in trainable)
+    model.eval()
+    return trainer.state.log_history
+
+
+__all__ = ["RecoveryTrainer", "recover"]
