@@ -67,9 +67,7 @@ def masked_mean(hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> to
     return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp_min(1.0)
 
 
-def pool_features(
-    model: PreTrainedModel, inputs: Mapping[str, torch.Tensor], normalize: bool = True
-) -> torch.Tensor:
+def pool_features(model: PreTrainedModel, inputs: Mapping[str, torch.Tensor], normalize: bool = True) -> torch.Tensor:
     """Routing features: CLIP's pooled output, mean-pooled encoder states for text backbones."""
     body = feature_body(model)
     out = body(**body_inputs(model, inputs), return_dict=True)

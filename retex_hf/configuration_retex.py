@@ -17,9 +17,7 @@ UNKNOWN_TASK_POLICIES = ("soft", "merged", "raise")
 
 class RetexConfig(PreTrainedConfig):
     model_type = "retex"
-    sub_configs_defaults = {
-        "backbone_config": SubConfigSpec(config_class=AutoConfig, model_type="bert", optional=True)
-    }
+    sub_configs_defaults = {"backbone_config": SubConfigSpec(config_class=AutoConfig, model_type="bert", optional=True)}
 
     def __init__(
         self,
@@ -49,9 +47,7 @@ class RetexConfig(PreTrainedConfig):
         if isinstance(backbone_config, dict):
             backbone_config = AutoConfig.for_model(**backbone_config)
         if unknown_task_policy not in UNKNOWN_TASK_POLICIES:
-            raise ValueError(
-                f"unknown_task_policy={unknown_task_policy!r}; valid: {', '.join(UNKNOWN_TASK_POLICIES)}"
-            )
+            raise ValueError(f"unknown_task_policy={unknown_task_policy!r}; valid: {', '.join(UNKNOWN_TASK_POLICIES)}")
         self.backbone_config = backbone_config
         self.backbone_architecture = backbone_architecture
         self.task_names = list(task_names or [])

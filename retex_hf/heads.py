@@ -46,7 +46,9 @@ def resize_head(template: nn.Module, old_labels: int, new_labels: int) -> nn.Mod
     for name, module in list(head.named_modules()):
         if isinstance(module, nn.Linear) and module.out_features == old_labels and name:
             parent = head.get_submodule(name.rsplit(".", 1)[0]) if "." in name else head
-            setattr(parent, name.rsplit(".", 1)[-1], nn.Linear(module.in_features, new_labels, bias=module.bias is not None))
+            setattr(
+                parent, name.rsplit(".", 1)[-1], nn.Linear(module.in_features, new_labels, bias=module.bias is not None)
+            )
     if isinstance(head, nn.Linear) and head.out_features == old_labels:
         head = nn.Linear(head.in_features, new_labels, bias=head.bias is not None)
     return head
@@ -80,7 +82,9 @@ class TensorHeads(nn.Module):
 
     def __init__(self, shapes: dict[str, tuple[int, int]], normalize_features: bool, logit_scale: float):
         super().__init__()
-        self.weights = nn.ParameterDict({t: nn.Parameter(torch.zeros(s), requires_grad=False) for t, s in shapes.items()})
+        self.weights = nn.ParameterDict(
+            {t: nn.Parameter(torch.zeros(s), requires_grad=False) for t, s in shapes.items()}
+        )
         self.task_names = list(shapes)
         self.normalize_features = normalize_features
         self.logit_scale = logit_scale

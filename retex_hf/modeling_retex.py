@@ -261,7 +261,11 @@ class RetexForSequenceClassification(RetexPreTrainedModel):
 
 class RetexForImageClassification(RetexPreTrainedModel):
     def forward(
-        self, pixel_values: torch.Tensor | None = None, labels: torch.Tensor | None = None, task: TaskSpec = None, **kwargs
+        self,
+        pixel_values: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        task: TaskSpec = None,
+        **kwargs,
     ) -> RetexOutput:
         inputs = _model_inputs(pixel_values=pixel_values, **kwargs)
         state, info = self.route(inputs, task)

@@ -26,7 +26,6 @@ from ..offsets.targets import discover_targets
 from ..routing.signatures import default_components, fit_signature
 from .loading import ModelSpec, align_base, body_parameter_names, check_experts, head_of, load_model
 
-
 # Offsets per task, as a fraction of the model. Above 1 only makes sense to reach full rank in tests.
 MAX_BUDGET = 2.0
 
@@ -41,7 +40,9 @@ def _check_tasks(experts: Mapping[str, Any], calibration: Mapping[str, Any]) -> 
     missing = [t for t in tasks if t not in calibration]
     extra = [t for t in calibration if t not in experts]
     if missing or extra:
-        raise ValueError(f"calibration and experts name different tasks: no calibration for {missing}, no expert for {extra}")
+        raise ValueError(
+            f"calibration and experts name different tasks: no calibration for {missing}, no expert for {extra}"
+        )
     return tasks
 
 
@@ -132,7 +133,10 @@ def build_retex(
     # 2. Calibration batches (with the expert's own decoder inputs for seq2seq).
     pad_id = getattr(first.config, "pad_token_id", None) or 0
     calib = {
-        t: [_with_decoder_inputs(expert_models[t], b, max_new_tokens) for b in batches(to_examples(calibration[t]), batch_size, pad_id)]
+        t: [
+            _with_decoder_inputs(expert_models[t], b, max_new_tokens)
+            for b in batches(to_examples(calibration[t]), batch_size, pad_id)
+        ]
         for t in tasks
     }
 
@@ -143,7 +147,9 @@ def build_retex(
     if smallest < 3:
         raise ValueError(f"signatures need at least 3 calibration inputs per task, got {smallest}")
     components = signature_components or default_components(feature_dim, smallest)
-    signatures = [fit_signature(features[t], min(components, features[t].shape[0] - 1), threshold_quantile) for t in tasks]
+    signatures = [
+        fit_signature(features[t], min(components, features[t].shape[0] - 1), threshold_quantile) for t in tasks
+    ]
 
     # 4. Offsets per task under the budget.
     total = sum(p.numel() for n, p in backbone.named_parameters() if n in set(names))

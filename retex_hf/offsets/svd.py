@@ -71,9 +71,7 @@ def factorise(offset: torch.Tensor, whitening: Whitening | None = None, eps: flo
     return Factorisation(U, S, Vh, whitening, right, rows)
 
 
-def allocate_ranks(
-    spectra: dict[str, torch.Tensor], costs: dict[str, int], budget: int
-) -> dict[str, int]:
+def allocate_ranks(spectra: dict[str, torch.Tensor], costs: dict[str, int], budget: int) -> dict[str, int]:
     """Spend ``budget`` parameters on ranks where they remove the most energy per parameter.
 
     Each extra rank of layer l costs m_l + n_l parameters and removes σ²_{l,k}; since σ² falls

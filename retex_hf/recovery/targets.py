@@ -48,7 +48,9 @@ def teacher_examples(
             mask[:, 0] = True
             targets = {"teacher_top_ids": top_ids, "teacher_top_logprobs": top_logprobs, "decoder_mask": mask}
         elif head_type == "module":
-            targets = {"teacher_logits": F.pad(out.logits.float(), (0, width - out.logits.shape[-1]), value=float("-inf"))}
+            targets = {
+                "teacher_logits": F.pad(out.logits.float(), (0, width - out.logits.shape[-1]), value=float("-inf"))
+            }
         elif head_type == "tensor":
             logits = head_fn(backbones.tower_pooled_output(out))
             targets = {"teacher_logits": F.pad(logits.float(), (0, width - logits.shape[-1]), value=float("-inf"))}

@@ -54,18 +54,12 @@ class RoutingState:
         if batch_size == current:
             return self
         if current == 0 or batch_size % current:
-            raise RuntimeError(
-                f"routing state holds {current} samples but a layer received a batch of {batch_size}"
-            )
+            raise RuntimeError(f"routing state holds {current} samples but a layer received a batch of {batch_size}")
         factor = batch_size // current
-        return RoutingState(
-            self.codes.repeat_interleave(factor, dim=0), self.task_ids.repeat_interleave(factor, dim=0)
-        )
+        return RoutingState(self.codes.repeat_interleave(factor, dim=0), self.task_ids.repeat_interleave(factor, dim=0))
 
 
-_CURRENT: contextvars.ContextVar[RoutingState | None] = contextvars.ContextVar(
-    "retex_routing_state", default=None
-)
+_CURRENT: contextvars.ContextVar[RoutingState | None] = contextvars.ContextVar("retex_routing_state", default=None)
 
 
 def current_routing() -> RoutingState | None:

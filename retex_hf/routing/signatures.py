@@ -41,9 +41,7 @@ def subspace_residuals(z: torch.Tensor, means: torch.Tensor, bases: torch.Tensor
     return residual.norm(dim=-1)
 
 
-def fit_signature(
-    features: torch.Tensor, num_components: int, quantile: float = 0.99, folds: int = 4
-) -> Signature:
+def fit_signature(features: torch.Tensor, num_components: int, quantile: float = 0.99, folds: int = 4) -> Signature:
     """Fit on all inputs; set the threshold from residuals of inputs held out of the fit.
 
     In-sample residuals are near zero when k approaches N−1, so they say nothing about how far
