@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.utils.checkpoint
 import transformers
 from torch import nn
 from transformers import AutoConfig, PreTrainedModel
@@ -22,7 +23,7 @@ from .configuration_retex import RetexConfig
 from .heads import PerTaskHead, TensorHeads, resize_head
 from .offsets.bank import LowRankOffset, OffsetBank, VectorOffset
 from .offsets.hooks import install_offset_hooks
-from .routing.context import RoutingState, routing
+from .routing.context import RoutingState, current_routing, routing
 from .routing.signatures import SubspaceRouter
 
 TaskSpec = str | Sequence[str] | torch.Tensor | None
@@ -108,6 +109,22 @@ class RetexPreTrainedModel(PreTrainedModel):
             module.means.zero_()
             module.bases.zero_()
             module.thresholds.fill_(1.0)
+
+    def _set_gradient_checkpointing(self, enable: bool = True, gradient_checkpointing_func=None, **kwargs):
+        """Recomputation during backward happens after the forward's routing context has closed:
+        give every checkpointed segment the routing it saw the first time."""
+        inner = gradient_checkpointing_func or torch.utils.checkpoint.checkpoint
+
+        def routed_checkpoint(function, *args, **ckpt_kwargs):
+            state = current_routing()
+
+            def run(*inner_args, **inner_kwargs):
+                with routing(state):
+                    return function(*inner_args, **inner_kwargs)
+
+            return inner(run, *args, **ckpt_kwargs)
+
+        super()._set_gradient_checkpointing(enable, routed_checkpoint, **kwargs)
 
     # ----------------------------------------------------------------- loading
     @classmethod

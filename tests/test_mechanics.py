@@ -125,3 +125,27 @@ def test_t5_offsets_reproduce_experts_and_generate(tie, tmp_path):
         atol=ATOL,
         rtol=1e-3,
     )
+
+
+def test_gradient_checkpointing_keeps_offset_gradients():
+    base, experts, inputs = tiny_text("bert")
+    model = _build(base, experts, inputs, budget=0.5)
+    batch = {**inputs(0, 4), "labels": torch.tensor([0, 1, 0, 1])}
+
+    def offset_grads():
+        model.zero_grad()
+        model.train()
+        model(**batch, task="alpha").loss.backward()
+        return {
+            n: p.grad.clone() for n, p in model.named_parameters() if n.startswith("offsets.") and p.grad is not None
+        }
+
+    for module in model.modules():
+        if hasattr(module, "p") and isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    plain = offset_grads()
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    checkpointed = offset_grads()
+    assert plain and plain.keys() == checkpointed.keys()
+    for name in plain:
+        torch.testing.assert_close(checkpointed[name], plain[name], atol=1e-6, rtol=1e-5)
