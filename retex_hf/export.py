@@ -46,14 +46,22 @@ def task_parameters(model: RetexPreTrainedModel, task: str | None) -> dict[str, 
 
 
 @torch.no_grad()
-def materialize_backbone(model: RetexPreTrainedModel, task: str | None) -> PreTrainedModel:
-    """A detached plain model (the backbone class) holding one task's recovered expert."""
+def materialize_backbone(
+    model: RetexPreTrainedModel, task: str | None, head_task: str | None = None
+) -> PreTrainedModel:
+    """A detached plain model (the backbone class) holding one task's recovered expert.
+
+    With ``task=None`` the weights are the plain merge; the head is ``head_task``'s (default: the
+    first task's).
+    """
+    head_task = task or head_task or model.config.task_names[0]
+    model.task_index(head_task)
     config = model.config
     backbone = model.backbone
     plain_config = copy.deepcopy(config.backbone_config)
     head_name = config.head_module if config.head_type == "module" else None
-    if head_name and task is not None:
-        labels = config.task_id2label[task]
+    if head_name:
+        labels = config.task_id2label[head_task]
         plain_config.num_labels = len(labels)
         plain_config.id2label = dict(labels)
         plain_config.label2id = {v: k for k, v in labels.items()}
@@ -69,7 +77,6 @@ def materialize_backbone(model: RetexPreTrainedModel, task: str | None) -> PreTr
         state[key] = (overrides.get(canonical, source[key])).detach().clone()
     if head_name:
         dispatcher: PerTaskHead = getattr(backbone, head_name)
-        head_task = task if task is not None else config.task_names[0]
         for key, value in dispatcher.heads[head_task].state_dict().items():
             state[f"{head_name}.{key}"] = value.detach().clone()
     missing, unexpected = plain.load_state_dict(state, strict=False)

@@ -211,11 +211,12 @@ class RetexPreTrainedModel(PreTrainedModel):
 
         return materialize_backbone(self, task)
 
-    def materialize_merged(self) -> PreTrainedModel:
-        """The plain merged model (no offsets), e.g. as the base of an exported PEFT adapter."""
+    def materialize_merged(self, head_of: str | None = None) -> PreTrainedModel:
+        """The plain merged model (no offsets): the static-merge baseline, and the base of an
+        exported PEFT adapter. ``head_of`` picks whose classification head it carries."""
         from .export import materialize_backbone
 
-        return materialize_backbone(self, None)
+        return materialize_backbone(self, None, head_task=head_of)
 
     def retex_storage(self) -> dict[str, int]:
         """Bytes held by each part of the checkpoint, and the total as a multiple of one model."""

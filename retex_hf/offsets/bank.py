@@ -32,21 +32,45 @@ class LowRankOffset(nn.Module):
             return None
         return self.B[task] @ self.A[task]
 
-    def project_linear(self, task: str, x: torch.Tensor) -> torch.Tensor:
-        """x @ (B A)ᵀ without forming B A: two thin matmuls."""
-        A, B = self.A[task], self.B[task]
-        return F.linear(F.linear(x.to(A.dtype), A), B)
+    def stacked(self, tasks: list[str]) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+        """A_cat [Σr, n], B_cat [m, Σr] and the ranks, for the tasks present in a batch.
 
-    def lookup(self, task: str, ids: torch.Tensor) -> torch.Tensor:
-        """(B A)[ids]: gather rows of B, then one thin matmul."""
-        return F.embedding(ids, self.B[task]) @ self.A[task]
+        Concatenating lets one pair of thin matmuls serve every task of a mixed batch; each
+        sample then keeps only its own tasks' rank columns through a per-sample scale.
+        """
+        A = torch.cat([self.A[t] for t in tasks]) if len(tasks) > 1 else self.A[tasks[0]]
+        B = torch.cat([self.B[t] for t in tasks], dim=1) if len(tasks) > 1 else self.B[tasks[0]]
+        return A, B, [self.A[t].shape[0] for t in tasks]
 
-    def project_conv(self, task: str, x: torch.Tensor, conv: nn.Conv1d | nn.Conv2d) -> torch.Tensor:
-        """The conv with kernel (B A) reshaped, as a rank-r conv followed by a 1×1 channel mix."""
-        A, B = self.A[task], self.B[task]
+    @staticmethod
+    def rank_scale(weights: torch.Tensor, ranks: list[int]) -> torch.Tensor:
+        """[batch, T_present] task weights -> [batch, Σr] per-rank-column weights."""
+        return weights.repeat_interleave(torch.tensor(ranks, device=weights.device), dim=1)
+
+    def apply_linear(self, x: torch.Tensor, tasks: list[str], weights: torch.Tensor) -> torch.Tensor:
+        """Σ_t w_t · x (B_t A_t)ᵀ for every sample, without forming any B A."""
+        A, B, ranks = self.stacked(tasks)
+        hidden = F.linear(x.to(A.dtype), A)
+        scale = self.rank_scale(weights, ranks).to(hidden.dtype)
+        hidden = hidden * scale.view(scale.shape[0], *([1] * (hidden.dim() - 2)), scale.shape[1])
+        return F.linear(hidden, B)
+
+    def apply_lookup(self, ids: torch.Tensor, tasks: list[str], weights: torch.Tensor) -> torch.Tensor:
+        """Σ_t w_t · (B_t A_t)[ids]: gather rows of B, scale, one thin matmul."""
+        A, B, ranks = self.stacked(tasks)
+        hidden = F.embedding(ids, B)
+        scale = self.rank_scale(weights, ranks).to(hidden.dtype)
+        hidden = hidden * scale.view(scale.shape[0], *([1] * (hidden.dim() - 2)), scale.shape[1])
+        return hidden @ A
+
+    def apply_conv(self, x: torch.Tensor, tasks: list[str], weights: torch.Tensor, conv: nn.Module) -> torch.Tensor:
+        """The conv with kernel Σ_t w_t (B_t A_t): a rank-Σr conv, a per-sample scale, a 1×1 mix."""
+        A, B, ranks = self.stacked(tasks)
         kernel = A.reshape(A.shape[0], *conv.weight.shape[1:])
         conv_fn = F.conv2d if conv.weight.dim() == 4 else F.conv1d
         hidden = conv_fn(x.to(A.dtype), kernel, None, conv.stride, conv.padding, conv.dilation)
+        scale = self.rank_scale(weights, ranks).to(hidden.dtype)
+        hidden = hidden * scale.view(*scale.shape, *([1] * (hidden.dim() - 2)))
         return torch.einsum("or,br...->bo...", B, hidden)
 
     def num_parameters(self, task: str) -> int:

@@ -20,22 +20,14 @@ from .targets import modules_using, norm_flavour
 
 
 def _add_low_rank(
-    output: torch.Tensor,
-    x: torch.Tensor,
-    state: RoutingState,
-    task_names: list[str],
-    offset: LowRankOffset,
-    project: Callable[[str, torch.Tensor], torch.Tensor],
+    output: torch.Tensor, x: torch.Tensor, state: RoutingState, task_names: list[str], offset: LowRankOffset, apply
 ) -> torch.Tensor:
-    for j, rows, weights in state.groups:
-        task = task_names[j]
-        if task not in offset.A:
-            continue
-        x_rows = x if rows is None else x.index_select(0, rows)
-        delta = project(task, x_rows)
-        delta = (delta * weights.view(-1, *([1] * (delta.dim() - 1))).to(delta.dtype)).to(output.dtype)
-        output = output + delta if rows is None else output.index_add(0, rows, delta)
-    return output
+    present = [j for j in state.active if task_names[j] in offset.A]
+    if not present:
+        return output
+    weights = state.codes[:, present]
+    delta = apply(x, [task_names[j] for j in present], weights)
+    return output + delta.to(output.dtype)
 
 
 def _broadcast(sample_values: torch.Tensor, like: torch.Tensor, channel_dim: int) -> torch.Tensor:
@@ -72,12 +64,12 @@ def _make_hook(
         state = state.rows_for(output.shape[0])
         if weight_offset is not None:
             if weight_kind == "linear":
-                project = weight_offset.project_linear
+                apply = weight_offset.apply_linear
             elif weight_kind == "embedding":
-                project = weight_offset.lookup
+                apply = weight_offset.apply_lookup
             else:
-                project = lambda task, rows: weight_offset.project_conv(task, rows, mod)  # noqa: E731
-            output = _add_low_rank(output, x, state, task_names, weight_offset, project)
+                apply = lambda rows, tasks, w: weight_offset.apply_conv(rows, tasks, w, mod)  # noqa: E731
+            output = _add_low_rank(output, x, state, task_names, weight_offset, apply)
         if "bias" in vectors:
             channel_dim = 1 if weight_kind == "conv" else -1
             output = output + _broadcast(vectors["bias"].per_sample(state.codes, task_names), output, channel_dim)

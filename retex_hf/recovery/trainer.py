@@ -97,6 +97,7 @@ def recover(
         per_device_train_batch_size=batch_size,
         learning_rate=learning_rate,
         lr_scheduler_type="cosine",
+        optim="adamw_torch",
         weight_decay=0.0,
         save_strategy="no",
         report_to="none",

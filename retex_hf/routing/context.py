@@ -28,21 +28,10 @@ class RoutingState:
     task_ids: torch.Tensor  # [batch], long
 
     def __post_init__(self) -> None:
-        # Which rows each task touches, computed once per call (one host sync) so that the
-        # layers never inspect the codes themselves.
-        groups = []
-        nonzero = (self.codes != 0).cpu()
-        batch = self.codes.shape[0]
-        for j in range(self.codes.shape[1]):
-            rows = nonzero[:, j].nonzero().flatten()
-            if rows.numel() == 0:
-                continue
-            if rows.numel() == batch:
-                groups.append((j, None, self.codes[:, j]))
-            else:
-                rows = rows.to(self.codes.device)
-                groups.append((j, rows, self.codes.index_select(0, rows)[:, j]))
-        object.__setattr__(self, "groups", tuple(groups))
+        # The tasks with any weight in this batch, found once per call (one host sync) so that
+        # the layers never inspect the codes themselves.
+        present = (self.codes != 0).any(dim=0).nonzero().flatten().tolist()
+        object.__setattr__(self, "active", tuple(present))
 
     @property
     def batch_size(self) -> int:

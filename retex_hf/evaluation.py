@@ -1,0 +1,154 @@
+"""Measuring a ReTeX model against its experts: accuracy, fidelity, router accuracy.
+
+Fidelity (the share of inputs where the model predicts what the expert predicts) is reported
+next to normalised accuracy because, unlike it, fidelity cannot exceed 100 % by luck.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from transformers import PreTrainedModel
+
+from . import backbones
+from .modeling_retex import RetexPreTrainedModel
+
+
+@dataclass
+class HeadSpec:
+    """A zero-shot tensor head for plain towers (experts and the static merge)."""
+
+    weight: torch.Tensor
+    logit_scale: float = 1.0
+    normalize: bool = False
+
+
+def _slices(inputs: Mapping[str, torch.Tensor], batch_size: int):
+    n = next(iter(inputs.values())).shape[0]
+    for start in range(0, n, batch_size):
+        yield {k: v[start : start + batch_size] for k, v in inputs.items()}
+
+
+@torch.no_grad()
+def plain_logits(
+    model: PreTrainedModel, inputs: Mapping[str, torch.Tensor], head: HeadSpec | None = None, batch_size: int = 64
+) -> torch.Tensor:
+    """Logits of a plain transformers classifier, or of a tower followed by a tensor head."""
+    parts = []
+    for batch in _slices(inputs, batch_size):
+        out = model(**batch, return_dict=True)
+        if head is None:
+            parts.append(out.logits.float())
+            continue
+        pooled, weight = backbones.tower_pooled_output(out).float(), head.weight.float()
+        if head.normalize:
+            pooled, weight = F.normalize(pooled, dim=-1), F.normalize(weight, dim=-1)
+        parts.append(head.logit_scale * pooled @ weight.T)
+    return torch.cat(parts)
+
+
+@torch.no_grad()
+def retex_logits(
+    model: RetexPreTrainedModel, inputs: Mapping[str, torch.Tensor], task=None, batch_size: int = 64
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(logits, routed task ids, unknown flags), routing each sample unless ``task`` is given."""
+    logits, ids, unknown = [], [], []
+    for batch in _slices(inputs, batch_size):
+        out = model(**batch, task=task)
+        logits.append(out.logits.float())
+        ids.append(out.task_ids)
+        unknown.append(out.unknown)
+    return torch.cat(logits), torch.cat(ids), torch.cat(unknown)
+
+
+@dataclass
+class TaskReport:
+    task: str
+    n: int
+    expert_accuracy: float | None
+    merged_accuracy: float | None
+    retex_accuracy: float  # task unknown: routed
+    retex_task_given_accuracy: float
+    router_accuracy: float
+    fidelity: float | None  # share of inputs where routed ReTeX predicts what the expert predicts
+    normalized_accuracy: float | None  # retex_accuracy / expert_accuracy
+    unknown_rate: float
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _accuracy(predictions: torch.Tensor, labels: torch.Tensor) -> float:
+    return (predictions == labels).float().mean().item()
+
+
+def evaluate_classification(
+    model: RetexPreTrainedModel,
+    test: Mapping[str, Mapping[str, torch.Tensor]],
+    labels: Mapping[str, torch.Tensor],
+    experts: Mapping[str, PreTrainedModel] | None = None,
+    heads: Mapping[str, HeadSpec] | None = None,
+    batch_size: int = 64,
+) -> list[TaskReport]:
+    """Per-task report; experts (and, for towers, their tensor heads) enable the comparisons."""
+    reports = []
+    merged_cache: dict[str, PreTrainedModel] = {}
+    for task, inputs in test.items():
+        index = model.task_index(task)
+        head = heads.get(task) if heads else None
+        routed, task_ids, unknown = retex_logits(model, inputs, batch_size=batch_size)
+        given, _, _ = retex_logits(model, inputs, task=task, batch_size=batch_size)
+        routed_pred, truth = routed.argmax(-1), labels[task]
+        expert_acc = merged_acc = fidelity = normalized = None
+        if experts is not None:
+            expert_pred = plain_logits(experts[task], inputs, head, batch_size).argmax(-1)
+            expert_acc = _accuracy(expert_pred, truth)
+            fidelity = _accuracy(routed_pred, expert_pred)
+            normalized = _accuracy(routed_pred, truth) / max(expert_acc, 1e-12)
+            if model.config.head_type == "module":
+                merged_cache[task] = model.materialize_merged(head_of=task)
+                merged = merged_cache[task]
+            else:
+                merged = merged_cache.setdefault("__shared__", model.materialize_merged())
+            merged_acc = _accuracy(plain_logits(merged, inputs, head, batch_size).argmax(-1), truth)
+        reports.append(
+            TaskReport(
+                task=task,
+                n=len(truth),
+                expert_accuracy=expert_acc,
+                merged_accuracy=merged_acc,
+                retex_accuracy=_accuracy(routed_pred, truth),
+                retex_task_given_accuracy=_accuracy(given.argmax(-1), truth),
+                router_accuracy=(task_ids == index).float().mean().item(),
+                fidelity=fidelity,
+                normalized_accuracy=normalized,
+                unknown_rate=unknown.float().mean().item(),
+            )
+        )
+    return reports
+
+
+def format_reports(reports: list[TaskReport]) -> str:
+    """A fixed-width table with a mean row, for terminals and logs."""
+
+    def pct(value: float | None) -> str:
+        return "   -  " if value is None else f"{100 * value:6.1f}"
+
+    columns = ["expert", "merged", "retex", "given", "router", "fidel.", "norm."]
+    lines = [f"{'task':<16}" + "".join(f"{c:>8}" for c in columns)]
+    rows = [
+        (r.task, r.expert_accuracy, r.merged_accuracy, r.retex_accuracy, r.retex_task_given_accuracy,
+         r.router_accuracy, r.fidelity, r.normalized_accuracy)
+        for r in reports
+    ]  # fmt: skip
+    for name, *values in rows:
+        lines.append(f"{name:<16}" + "".join(f"{pct(v):>8}" for v in values))
+    means = []
+    for column in range(1, 8):
+        values = [row[column] for row in rows if row[column] is not None]
+        means.append(sum(values) / len(values) if values else None)
+    lines.append(f"{'mean':<16}" + "".join(f"{pct(v):>8}" for v in means))
+    return "\n".join(lines)
