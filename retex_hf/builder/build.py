@@ -23,7 +23,7 @@ from ..modeling_retex import (
 from ..offsets.activations import collect_input_statistics
 from ..offsets.fit import fit_task_offsets
 from ..offsets.targets import discover_targets
-from ..routing.signatures import default_components, fit_signature
+from ..routing.signatures import default_components, fit_signature, select_components
 from .loading import ModelSpec, align_base, body_parameter_names, check_experts, head_of, load_model
 
 # Offsets per task, as a fraction of the model. Above 1 only makes sense to reach full rank in tests.
@@ -146,7 +146,8 @@ def build_retex(
     smallest = min(f.shape[0] for f in features.values())
     if smallest < 3:
         raise ValueError(f"signatures need at least 3 calibration inputs per task, got {smallest}")
-    components = signature_components or default_components(feature_dim, smallest)
+    default = default_components(feature_dim, smallest)
+    components = signature_components or select_components(list(features.values()), default)
     signatures = [
         fit_signature(features[t], min(components, features[t].shape[0] - 1), threshold_quantile) for t in tasks
     ]

@@ -69,7 +69,7 @@ def recover(
     experts: Mapping[str, PreTrainedModel],
     calibration: Mapping[str, list[dict[str, torch.Tensor]]],
     steps: int = 200,
-    learning_rate: float = 1e-3,
+    learning_rate: float = 3e-3,
     batch_size: int = 16,
     seed: int = 0,
     quiet: bool = True,

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -59,6 +60,41 @@ def fit_signature(features: torch.Tensor, num_components: int, quantile: float =
     mean, basis = fit_subspace(features, num_components)
     threshold = torch.quantile(torch.cat(held_out), quantile).item()
     return Signature(mean, basis, max(threshold, 1e-8))
+
+
+def select_components(
+    features: list[torch.Tensor], default: int, folds: int = 4, max_components: int | None = None
+) -> int:
+    """Pick the subspace size k by held-out routing accuracy on the calibration inputs themselves.
+
+    The paper's k = round(0.1·D) is a good rule for D = 512–1024 but misroutes on narrow
+    features; cross-validating k costs a few small SVDs and needs no extra data. Ties go to the
+    candidate closest to ``default``.
+    """
+    smallest = min(f.shape[0] for f in features)
+    limit = max(1, smallest - smallest // folds - 1)
+    if max_components is not None:
+        limit = min(limit, max_components)
+    candidates = sorted({k for k in (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, default) if 1 <= k <= limit})
+    scores = []
+    for k in candidates:
+        correct = total = 0
+        for fold in range(folds):
+            means, bases, held_out = [], [], []
+            for feats in features:
+                index = torch.arange(feats.shape[0])
+                train, test = feats[index % folds != fold], feats[index % folds == fold]
+                mean, basis = fit_subspace(train, k)
+                means.append(mean)
+                bases.append(F.pad(basis, (0, k - basis.shape[1])))
+                held_out.append(test)
+            means_t, bases_t = torch.stack(means), torch.stack(bases)
+            for t, test in enumerate(held_out):
+                if len(test):
+                    correct += (subspace_residuals(test, means_t, bases_t).argmin(-1) == t).sum().item()
+                    total += len(test)
+        scores.append((correct / max(total, 1), -abs(k - default), k))
+    return max(scores)[2]
 
 
 class SubspaceRouter(nn.Module):
