@@ -11,7 +11,7 @@ from transformers import (
     AutoModelForSequenceClassification,
 )
 
-from .builder import build_retex, load_model
+from .builder import build_retex
 from .configuration_retex import RetexConfig
 from .merging import available_merge_methods, register_merge_method
 from .modeling_retex import (
@@ -43,6 +43,5 @@ __all__ = [
     "UnknownTaskError",
     "available_merge_methods",
     "build_retex",
-    "load_model",
     "register_merge_method",
 ]

@@ -89,17 +89,35 @@ class RetexPreTrainedModel(PreTrainedModel):
         elif config.head_type == "tensor":
             shapes = {t: tuple(config.head_dims[t]) for t in tasks}
             self.heads = TensorHeads(shapes, config.normalize_features, config.logit_scale)
+        self._offset_hooks = []
+        self._make_offsets()
+        self._make_router()
+        self.post_init()
+
+    def _make_offsets(self) -> None:
+        """(Re)create the offset bank from the config's ranks and hook it into the backbone.
+
+        Called at construction, and again by the builder and by add/remove_task once the ranks
+        are known: structural changes between calls, never per-call state.
+        """
+        config = self.config
+        for handle in self._offset_hooks:
+            handle.remove()
         self.offsets = OffsetBank(
-            tasks,
+            config.task_names,
             {n: _matrix_shape(self.backbone.get_parameter(n)) for n in config.offset_matrix_targets},
             config.offset_ranks,
             {n: tuple(self.backbone.get_parameter(n).shape) for n in config.offset_vector_targets},
         )
-        self.router = SubspaceRouter(len(tasks), config.router_feature_dim, config.router_num_components)
+        self.offsets.to(self.device)
         self._offset_hooks = install_offset_hooks(
             self.backbone, self.offsets, config.offset_matrix_targets, config.offset_vector_targets
         )
-        self.post_init()
+
+    def _make_router(self) -> None:
+        config = self.config
+        self.router = SubspaceRouter(len(config.task_names), config.router_feature_dim, config.router_num_components)
+        self.router.to(self.device)
 
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, (LowRankOffset, VectorOffset, TensorHeads)):

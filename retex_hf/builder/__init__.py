@@ -1,6 +1,6 @@
 """Building a ReTeX checkpoint from a base model and its fine-tuned experts."""
 
 from .build import build_retex
-from .loading import load_model
+from .sources import WeightSource
 
-__all__ = ["build_retex", "load_model"]
+__all__ = ["WeightSource", "build_retex"]

@@ -1,4 +1,9 @@
-"""`build_retex`: experts → merge → offsets + signatures → one RetexModel."""
+"""`build_retex`: experts → merge → offsets + signatures → one RetexModel.
+
+Memory: experts are read tensor by tensor while merging, and loaded whole one at a time
+afterwards (for their activations and their outputs on calibration inputs), so the peak stays
+near the merged model plus one expert whatever the number of experts.
+"""
 
 from __future__ import annotations
 
@@ -23,8 +28,10 @@ from ..modeling_retex import (
 from ..offsets.activations import collect_input_statistics
 from ..offsets.fit import fit_task_offsets
 from ..offsets.targets import discover_targets
+from ..recovery.targets import teacher_examples
+from ..routing.context import routing
 from ..routing.signatures import default_components, fit_signature, select_components
-from .loading import ModelSpec, align_base, body_parameter_names, check_experts, head_of, load_model
+from .sources import ModelSpec, WeightSource
 
 # Offsets per task, as a fraction of the model. Above 1 only makes sense to reach full rank in tests.
 MAX_BUDGET = 2.0
@@ -46,14 +53,22 @@ def _check_tasks(experts: Mapping[str, Any], calibration: Mapping[str, Any]) -> 
     return tasks
 
 
-def _model_class(expert: PreTrainedModel, head_type: str) -> type[RetexPreTrainedModel]:
-    if backbones.is_encoder_decoder(expert):
+def _model_class(skeleton: PreTrainedModel, head_type: str) -> type[RetexPreTrainedModel]:
+    if backbones.is_encoder_decoder(skeleton):
         return RetexForConditionalGeneration
-    if head_type == "tensor" or (head_type == "module" and backbones.is_vision(expert)):
+    if head_type == "tensor" or (head_type == "module" and backbones.is_vision(skeleton)):
         return RetexForImageClassification
     if head_type == "module":
         return RetexForSequenceClassification
     return RetexModel
+
+
+def _skeleton(source: WeightSource) -> PreTrainedModel:
+    """The experts' architecture without weights: names, shapes, heads and offset targets."""
+    if source.directory is None:
+        return source.load()
+    with torch.device("meta"):
+        return source.model_class(source.config)
 
 
 @torch.no_grad()
@@ -66,14 +81,27 @@ def _with_decoder_inputs(expert: PreTrainedModel, batch: dict, max_new_tokens: i
     return {**batch, "decoder_input_ids": generated}
 
 
-def _id2label(task: str, expert: PreTrainedModel, head_type: str, heads, id2label) -> dict[int, str]:
-    if id2label and task in id2label:
-        return {int(k): str(v) for k, v in id2label[task].items()}
-    if head_type == "module":
-        return {int(k): str(v) for k, v in expert.config.id2label.items()}
-    if head_type == "tensor":
-        return {i: f"LABEL_{i}" for i in range(heads[task].shape[0])}
-    return {}
+def _base_name(base: WeightSource, name: str, prefix: str) -> str:
+    """The base checkpoint's name for an expert tensor (a bare `BertModel` lacks the `bert.` prefix)."""
+    candidates = [name]
+    if prefix and name.startswith(prefix + "."):
+        candidates.append(name[len(prefix) + 1 :])
+    elif prefix:
+        candidates.append(f"{prefix}.{name}")
+    keys = base.keys()
+    for candidate in candidates:
+        if candidate in keys:
+            return candidate
+    raise ValueError(f"base model has no tensor for expert tensor {name!r}")
+
+
+def _expert_tensor(source: WeightSource, task: str, name: str, shape: torch.Size) -> torch.Tensor:
+    value = source.get(name)
+    if value is None:
+        raise ValueError(f"expert {task!r} has no tensor {name!r}")
+    if tuple(value.shape) != tuple(shape):
+        raise ValueError(f"expert {task!r} tensor {name!r} has shape {tuple(value.shape)}, base has {tuple(shape)}")
+    return value.float()
 
 
 @torch.no_grad()
@@ -98,6 +126,7 @@ def build_retex(
     batch_size: int = 16,
     max_new_tokens: int = 16,
     recovery_kwargs: Mapping[str, Any] | None = None,
+    allow_pickle: bool = False,
     seed: int = 0,
 ) -> RetexPreTrainedModel:
     """Build one ReTeX checkpoint from a base and its fine-tuned experts (see DESIGN.md §6)."""
@@ -105,69 +134,25 @@ def build_retex(
     if not 0 < budget <= MAX_BUDGET:
         raise ValueError(f"budget={budget} must be a fraction of the model size in (0, {MAX_BUDGET}]")
     hparams = resolve_hparams(merge, **dict(merge_kwargs or {}))
-    torch.manual_seed(seed)
-
-    base_model = load_model(base, "base")
-    expert_models = {t: load_model(spec, f"expert {t!r}") for t, spec in experts.items()}
-    first = expert_models[tasks[0]]
-    head = head_of(first)
-    head_type = "module" if head else ("tensor" if heads else "none")
     if heads and set(heads) != set(tasks):
         raise ValueError(f"heads name tasks {sorted(heads)}, experts name {sorted(tasks)}")
-    names = body_parameter_names(first, head)
-    base_tensors = align_base(base_model, first, names)
-    check_experts(base_tensors, expert_models)
-    expert_params = {t: dict(m.named_parameters()) for t, m in expert_models.items()}
+    torch.manual_seed(seed)
 
-    # 1. Merge, tensor by tensor.
-    merged = {}
-    for name in names:
-        theta0 = base_tensors[name].detach().float()
-        task_vectors = torch.stack([expert_params[t][name].detach().float() - theta0 for t in tasks])
-        merged[name] = merge_tensor(merge, theta0, task_vectors, **hparams)
-    backbone = copy.deepcopy(first)
-    for name in names:
-        backbone.get_parameter(name).copy_(merged[name])
-    targets = discover_targets(backbone, exclude_prefixes=(head,) if head else ())
+    base_source = WeightSource(base, "base", allow_pickle)
+    sources = {t: WeightSource(spec, f"expert {t!r}", allow_pickle) for t, spec in experts.items()}
+    skeleton = _skeleton(sources[tasks[0]])
+    head = backbones.head_attribute(skeleton)
+    head_type = "module" if head else ("tensor" if heads else "none")
+    targets = discover_targets(skeleton, exclude_prefixes=(head,) if head else ())
+    names = [n for n, _ in skeleton.named_parameters() if not (head and n.startswith(head + "."))]
 
-    # 2. Calibration batches (with the expert's own decoder inputs for seq2seq).
-    pad_id = getattr(first.config, "pad_token_id", None) or 0
-    calib = {
-        t: [
-            _with_decoder_inputs(expert_models[t], b, max_new_tokens)
-            for b in batches(to_examples(calibration[t]), batch_size, pad_id)
-        ]
-        for t in tasks
-    }
-
-    # 3. Signatures on the merged model's features.
-    features = {t: torch.cat([backbones.pool_features(backbone, b) for b in calib[t]]) for t in tasks}
-    feature_dim = next(iter(features.values())).shape[1]
-    smallest = min(f.shape[0] for f in features.values())
-    if smallest < 3:
-        raise ValueError(f"signatures need at least 3 calibration inputs per task, got {smallest}")
-    default = default_components(feature_dim, smallest)
-    components = signature_components or select_components(list(features.values()), default)
-    signatures = [
-        fit_signature(features[t], min(components, features[t].shape[0] - 1), threshold_quantile) for t in tasks
-    ]
-
-    # 4. Offsets per task under the budget.
-    total = sum(p.numel() for n, p in backbone.named_parameters() if n in set(names))
-    budget_parameters = int(budget * total)
-    fitted = {}
-    for t in tasks:
-        stats = collect_input_statistics(expert_models[t], targets.matrices, calib[t]) if activation_aware else {}
-        matrices = {n: expert_params[t][n].detach().float() - merged[n] for n in targets.matrices}
-        vectors = {n: expert_params[t][n].detach().float() - merged[n] for n in targets.vectors}
-        fitted[t] = fit_task_offsets(matrices, vectors, budget_parameters, stats)
-
-    # 5. Assemble the checkpoint.
+    # 1. The model, with every shape but the offsets' and the router's known.
+    model_cls = _model_class(skeleton, head_type)
     config = RetexConfig(
-        backbone_config=copy.deepcopy(first.config),
-        backbone_architecture=type(first).__name__,
+        backbone_config=copy.deepcopy(skeleton.config),
+        backbone_architecture=type(skeleton).__name__,
         task_names=tasks,
-        task_id2label={t: _id2label(t, expert_models[t], head_type, heads, id2label) for t in tasks},
+        task_id2label={t: _id2label(t, sources[t], head_type, heads, id2label) for t in tasks},
         head_type=head_type,
         head_module=head,
         head_dims={t: list(heads[t].shape) for t in tasks} if head_type == "tensor" else None,
@@ -175,43 +160,116 @@ def build_retex(
         logit_scale=logit_scale,
         offset_matrix_targets=targets.matrices,
         offset_vector_targets=targets.vectors,
-        offset_ranks={t: {n: r for n, r in fitted[t].ranks.items() if r > 0} for t in tasks},
         offset_budget=budget,
-        router_feature_dim=feature_dim,
-        router_num_components=max(s.basis.shape[1] for s in signatures),
         router_threshold_quantile=threshold_quantile,
         router_temperature=router_temperature,
         unknown_task_policy=unknown_task_policy,
         merge_method=merge,
         merge_hparams=hparams,
         recovery_steps=recovery_steps,
+        architectures=[model_cls.__name__],
     )
-    model_cls = _model_class(first, head_type)
-    config.architectures = [model_cls.__name__]
     model = model_cls(config)
-    _load_weights(model, backbone, expert_models, head, heads, fitted, signatures)
+
+    # 2. Merge, tensor by tensor, straight into the model.
+    prefix = getattr(skeleton, "base_model_prefix", "")
+    backbone = model.backbone
+    for name in names:
+        target = backbone.get_parameter(name)
+        theta0 = base_source.get(_base_name(base_source, name, prefix)).float()
+        if theta0.shape != target.shape:
+            raise ValueError(
+                f"base tensor {name!r} has shape {tuple(theta0.shape)}, experts have {tuple(target.shape)}"
+            )
+        task_vectors = torch.stack([_expert_tensor(sources[t], t, name, target.shape) - theta0 for t in tasks])
+        target.copy_(merge_tensor(merge, theta0, task_vectors, **hparams))
+    for name, buffer in backbone.named_buffers():
+        saved = sources[tasks[0]].get(name)
+        if saved is not None and saved.shape == buffer.shape:
+            buffer.copy_(saved)
+    _copy_heads(model, sources, head, heads)
+
+    # 3. Per task, with that expert loaded: calibration batches, signatures, offsets, teacher outputs.
+    pad_id = getattr(skeleton.config, "pad_token_id", None) or 0
+    total = sum(backbone.get_parameter(n).numel() for n in names)
+    width = max((len(v) for v in config.task_id2label.values()), default=0)
+    features, fitted, examples = {}, {}, []
+    for index, task in enumerate(tasks):
+        expert = sources[task].load()
+        calib = [
+            _with_decoder_inputs(expert, b, max_new_tokens)
+            for b in batches(to_examples(calibration[task]), batch_size, pad_id)
+        ]
+        with routing(None):
+            features[task] = torch.cat([backbones.pool_features(backbone, b) for b in calib])
+        stats = collect_input_statistics(expert, targets.matrices, calib) if activation_aware else {}
+        params = dict(expert.named_parameters())
+        merged = dict(backbone.named_parameters())
+        fitted[task] = fit_task_offsets(
+            {n: params[n].detach().float() - merged[n].float() for n in targets.matrices},
+            {n: params[n].detach().float() - merged[n].float() for n in targets.vectors},
+            int(budget * total),
+            stats,
+        )
+        if recovery_steps > 0:
+            head_fn = (
+                (lambda pooled, task=task: model.heads.logits_for(task, pooled)) if head_type == "tensor" else None
+            )
+            examples += teacher_examples(expert, index, calib, head_type, width, head_fn=head_fn, pad_token_id=pad_id)
+        del expert, params
+        sources[task].close()
+
+    # 4. Signatures on the merged model's features.
+    smallest = min(f.shape[0] for f in features.values())
+    if smallest < 3:
+        raise ValueError(f"signatures need at least 3 calibration inputs per task, got {smallest}")
+    feature_dim = next(iter(features.values())).shape[1]
+    default = default_components(feature_dim, smallest)
+    components = signature_components or select_components(list(features.values()), default)
+    signatures = [
+        fit_signature(features[t], min(components, features[t].shape[0] - 1), threshold_quantile) for t in tasks
+    ]
+
+    # 5. Offsets and router take their final shapes.
+    config.offset_ranks = {t: {n: r for n, r in fitted[t].ranks.items() if r > 0} for t in tasks}
+    config.router_feature_dim = feature_dim
+    config.router_num_components = max(s.basis.shape[1] for s in signatures)
+    model._make_offsets()
+    model._make_router()
+    for task in tasks:
+        for name, (B, A) in fitted[task].factors.items():
+            model.offsets.matrix(name).A[task].copy_(A)
+            model.offsets.matrix(name).B[task].copy_(B)
+        for name, delta in fitted[task].vectors.items():
+            model.offsets.vector(name).delta[task].copy_(delta)
+    model.router.load_signatures(signatures)
+
     if recovery_steps > 0:
         from ..recovery import recover
 
         with torch.enable_grad():
-            recover(model, expert_models, calib, steps=recovery_steps, seed=seed, **dict(recovery_kwargs or {}))
+            recover(model, examples, steps=recovery_steps, seed=seed, **dict(recovery_kwargs or {}))
     return model.eval()
 
 
-def _load_weights(model, backbone, expert_models, head, heads, fitted, signatures) -> None:
-    state = {k: v for k, v in backbone.state_dict().items() if not (head and k.startswith(head + "."))}
-    missing, unexpected = model.backbone.load_state_dict(state, strict=False)
-    if unexpected or any(not (head and k.startswith(head + ".")) for k in missing):
-        raise RuntimeError(f"merged weights do not fit the backbone: missing {missing}, unexpected {unexpected}")
-    for task, expert in expert_models.items():
+def _id2label(task: str, source: WeightSource, head_type: str, heads, id2label) -> dict[int, str]:
+    if id2label and task in id2label:
+        return {int(k): str(v) for k, v in id2label[task].items()}
+    if head_type == "module":
+        return {int(k): str(v) for k, v in source.config.id2label.items()}
+    if head_type == "tensor":
+        return {i: f"LABEL_{i}" for i in range(heads[task].shape[0])}
+    return {}
+
+
+def _copy_heads(model, sources: Mapping[str, WeightSource], head: str | None, heads) -> None:
+    for task, source in sources.items():
         if head:
-            getattr(model.backbone, head).heads[task].load_state_dict(getattr(expert, head).state_dict())
+            module = getattr(model.backbone, head).heads[task]
+            for key, param in module.state_dict(keep_vars=True).items():
+                value = source.get(f"{head}.{key}")
+                if value is None or value.shape != param.shape:
+                    raise ValueError(f"expert {task!r} head tensor {head}.{key} is missing or has another shape")
+                param.copy_(value)
         elif heads:
             model.heads.weights[task].copy_(heads[task])
-        for name, (B, A) in fitted[task].factors.items():
-            offset = model.offsets.matrix(name)
-            offset.A[task].copy_(A)
-            offset.B[task].copy_(B)
-        for name, delta in fitted[task].vectors.items():
-            model.offsets.vector(name).delta[task].copy_(delta)
-    model.router.load_signatures(signatures)

@@ -9,7 +9,6 @@ token-level KL for seq2seq, feature MSE for towers without heads). It runs throu
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
@@ -17,7 +16,7 @@ from torch.utils.data import Dataset
 from transformers import PreTrainedModel, Trainer, TrainingArguments
 from transformers.trainer_callback import PrinterCallback
 
-from .targets import pad_and_stack, pooled_output, teacher_examples
+from .targets import pad_and_stack, pooled_output
 
 MODEL_KEYS = ("input_ids", "attention_mask", "token_type_ids", "pixel_values", "decoder_input_ids")
 
@@ -66,8 +65,7 @@ class RecoveryTrainer(Trainer):
 
 def recover(
     model: PreTrainedModel,
-    experts: Mapping[str, PreTrainedModel],
-    calibration: Mapping[str, list[dict[str, torch.Tensor]]],
+    examples: list[dict[str, torch.Tensor]],
     steps: int = 200,
     learning_rate: float = 3e-3,
     batch_size: int = 16,
@@ -76,23 +74,18 @@ def recover(
     output_dir: str | None = None,
     **training_args,
 ) -> list[dict]:
-    """Distil every expert into its offsets for ``steps`` optimiser steps; returns the loss log."""
-    config = model.config
-    pad_id = getattr(config.backbone_config, "pad_token_id", None) or 0
-    width = max((len(v) for v in config.task_id2label.values()), default=0)
-    examples = []
-    for t, task in enumerate(config.task_names):
-        head_fn = None
-        if config.head_type == "tensor":
-            head_fn = lambda pooled, task=task: model.heads.logits_for(task, pooled)  # noqa: E731
-        examples += teacher_examples(
-            experts[task], t, calibration[task], config.head_type, width, head_fn=head_fn, pad_token_id=pad_id
-        )
+    """Distil the experts into the offsets for ``steps`` optimiser steps; returns the loss log.
+
+    ``examples`` come from `teacher_examples`: model inputs, the task index and the expert's
+    output on them, computed while each expert was loaded.
+    """
+    pad_id = getattr(model.config.backbone_config, "pad_token_id", None) or 0
+    scratch = tempfile.TemporaryDirectory(prefix="retex-recovery-")  # Trainer wants a directory; nothing is saved
     trainable = {name for name, p in model.named_parameters() if p.requires_grad}
     for name, param in model.named_parameters():
         param.requires_grad_(name.startswith("offsets."))
     args = TrainingArguments(
-        output_dir=output_dir or tempfile.mkdtemp(prefix="retex-recovery-"),
+        output_dir=output_dir or scratch.name,
         max_steps=steps,
         per_device_train_batch_size=batch_size,
         learning_rate=learning_rate,
@@ -120,6 +113,7 @@ def recover(
     try:
         trainer.train()
     finally:
+        scratch.cleanup()
         for name, param in model.named_parameters():
             param.requires_grad_(name in trainable)
     model.eval()
