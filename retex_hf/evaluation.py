@@ -6,6 +6,7 @@ next to normalised accuracy because, unlike it, fidelity cannot exceed 100 % by 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
@@ -81,8 +82,17 @@ class TaskReport:
         return asdict(self)
 
 
-def _accuracy(predictions: torch.Tensor, labels: torch.Tensor) -> float:
-    return (predictions == labels).float().mean().item()
+@functools.cache
+def _metric(name: str):
+    from .metrics import load_metric
+
+    return load_metric(name)
+
+
+def _accuracy(predictions: torch.Tensor, labels: torch.Tensor, metric: str = "accuracy") -> float:
+    """Through the `evaluate` metric modules the package ships (the Hub's are out of reach offline)."""
+    result = _metric(metric).compute(predictions=predictions.tolist(), references=labels.tolist())
+    return float(result[metric])
 
 
 def evaluate_classification(
@@ -106,7 +116,7 @@ def evaluate_classification(
         if experts is not None:
             expert_pred = plain_logits(experts[task], inputs, head, batch_size).argmax(-1)
             expert_acc = _accuracy(expert_pred, truth)
-            fidelity = _accuracy(routed_pred, expert_pred)
+            fidelity = _accuracy(routed_pred, expert_pred, metric="fidelity")
             normalized = _accuracy(routed_pred, truth) / max(expert_acc, 1e-12)
             if model.config.head_type == "module":
                 merged_cache[task] = model.materialize_merged(head_of=task)

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
 from .. import backbones
@@ -128,6 +129,7 @@ def build_retex(
     recovery_kwargs: Mapping[str, Any] | None = None,
     allow_pickle: bool = False,
     seed: int = 0,
+    quiet: bool = False,
 ) -> RetexPreTrainedModel:
     """Build one ReTeX checkpoint from a base and its fine-tuned experts (see DESIGN.md §6)."""
     tasks = _check_tasks(experts, calibration)
@@ -174,7 +176,7 @@ def build_retex(
     # 2. Merge, tensor by tensor, straight into the model.
     prefix = getattr(skeleton, "base_model_prefix", "")
     backbone = model.backbone
-    for name in names:
+    for name in tqdm(names, desc=f"merging ({merge})", disable=quiet):
         target = backbone.get_parameter(name)
         theta0 = base_source.get(_base_name(base_source, name, prefix)).float()
         if theta0.shape != target.shape:
@@ -194,7 +196,7 @@ def build_retex(
     total = sum(backbone.get_parameter(n).numel() for n in names)
     width = max((len(v) for v in config.task_id2label.values()), default=0)
     features, fitted, examples = {}, {}, []
-    for index, task in enumerate(tasks):
+    for index, task in enumerate(tqdm(tasks, desc="offsets per expert (load, SVD, targets)", disable=quiet)):
         expert = sources[task].load()
         calib = [
             _with_decoder_inputs(expert, b, max_new_tokens)
@@ -248,7 +250,8 @@ def build_retex(
         from ..recovery import recover
 
         with torch.enable_grad():
-            recover(model, examples, steps=recovery_steps, seed=seed, **dict(recovery_kwargs or {}))
+            options = {"quiet": quiet, **dict(recovery_kwargs or {})}
+            recover(model, examples, steps=recovery_steps, seed=seed, **options)
     return model.eval()
 
 

@@ -6,9 +6,9 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from . import demo
+from . import build, demo, evaluate
 
-COMMANDS = {"demo": demo}
+COMMANDS = {"build": build, "eval": evaluate, "demo": demo}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
