@@ -43,6 +43,9 @@ def to_examples(calibration: Any) -> list[dict[str, torch.Tensor]]:
 def collate(examples: Sequence[Mapping[str, torch.Tensor]], pad_token_id: int = 0) -> dict[str, torch.Tensor]:
     """Stack examples, right-padding 1-D token tensors (ids with pad_token_id, masks with 0)."""
     batch = {}
+    if "input_ids" in examples[0] and "attention_mask" not in examples[0]:
+        # Padding without a mask would let the model attend to pad tokens: derive the mask.
+        examples = [{**e, "attention_mask": torch.ones_like(_as_tensor(e["input_ids"]))} for e in examples]
     for key in examples[0]:
         values = [_as_tensor(e[key]) for e in examples]
         if values[0].dim() >= 1 and len({v.shape for v in values}) > 1:

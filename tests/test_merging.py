@@ -68,9 +68,7 @@ def test_unknown_method_lists_valid_names():
 
 def test_unknown_hparam_is_named_with_valid_ones():
     base, _, tv = _experts()
-    with pytest.raises(
-        ValueError, match="'densty'.*valid: density, majority_sign_method, scaling"
-    ):
+    with pytest.raises(ValueError, match="'densty'.*valid: density, majority_sign_method, scaling"):
         merge_tensor("ties", base, tv, densty=0.5)
     with pytest.raises(ValueError, match="'scaling'"):
         resolve_hparams("averaging", scaling=1.0)
@@ -138,12 +136,8 @@ def test_averaging_equals_mean_of_experts():
 
 def test_task_arithmetic():
     base, _, tv = _experts()
-    torch.testing.assert_close(
-        merge_tensor("task_arithmetic", base, tv, scaling=1.0), base + tv.sum(0)
-    )
-    torch.testing.assert_close(
-        merge_tensor("task_arithmetic", base, tv), base + 0.3 * tv.sum(0)
-    )
+    torch.testing.assert_close(merge_tensor("task_arithmetic", base, tv, scaling=1.0), base + tv.sum(0))
+    torch.testing.assert_close(merge_tensor("task_arithmetic", base, tv), base + 0.3 * tv.sum(0))
 
 
 # --------------------------------------------------------------------- ties ---
@@ -170,9 +164,7 @@ def test_ties_hand_example():
 def test_ties_frequency_sign_and_full_density():
     base = torch.zeros(4)
     # Frequency vote at index 0: signs {0,-,+} tie -> +1, so only τ̂3=2 survives.
-    out = merge_tensor(
-        "ties", base, TIES_TV, density=0.5, majority_sign_method="frequency"
-    )
+    out = merge_tensor("ties", base, TIES_TV, density=0.5, majority_sign_method="frequency")
     torch.testing.assert_close(out, torch.tensor([2.0, 2.0, 0.0, 3.0]))
     # density 1: no trimming. Σ=[-1,2,0.4,3.3] -> γ=[-,+,+,+].
     out = merge_tensor("ties", base, TIES_TV, density=1.0)
@@ -191,17 +183,13 @@ def test_dare_deterministic_and_seeded():
     state = torch.get_rng_state()
     a = merge_tensor("dare", base, tv, seed=3)
     b = merge_tensor("dare", base, tv, seed=3)
-    assert torch.equal(torch.get_rng_state(), state), (
-        "dare must not touch the global RNG"
-    )
+    assert torch.equal(torch.get_rng_state(), state), "dare must not touch the global RNG"
     assert torch.equal(a, b)
     c = merge_tensor("dare", base, tv, seed=4)
     assert not torch.equal(a, c)
     # Different content -> different drop pattern even with the same seed.
     d_mask = merge_tensor("dare", torch.zeros(16, 16), torch.ones(3, 16, 16), seed=3)
-    e_mask = merge_tensor(
-        "dare", torch.zeros(16, 16), 2 * torch.ones(3, 16, 16), seed=3
-    )
+    e_mask = merge_tensor("dare", torch.zeros(16, 16), 2 * torch.ones(3, 16, 16), seed=3)
     assert not torch.equal(2 * d_mask, e_mask)
 
 
@@ -229,9 +217,7 @@ def test_dare_full_density_equals_task_arithmetic():
 
 
 def test_emr_hand_example():
-    tv_a = torch.tensor(
-        [[1.0, -2.0, 3.0, 0.0], [2.0, 1.0, -3.0, 0.0], [-1.0, -4.0, 0.0, 0.0]]
-    )
+    tv_a = torch.tensor([[1.0, -2.0, 3.0, 0.0], [2.0, 1.0, -3.0, 0.0], [-1.0, -4.0, 0.0, 0.0]])
     tv_b = torch.ones(3, 2)
     # Σ_a=[2,-5,0,0] -> γ=[+,-,+,+]; masks below; τ_uni = γ·max|m·τ| = [2,-4,3,0].
     tau_uni, masks, rescalers = emr_masks_and_rescalers({"a": tv_a, "b": tv_b})
@@ -247,9 +233,7 @@ def test_emr_hand_example():
     assert torch.equal(masks["a"], expected_masks)
     assert masks["a"].dtype == torch.bool and torch.all(masks["b"])
     # r_t = (mean|τ_t^a| + mean|τ_t^b|) / (mean|m_t^a τ_uni^a| + mean|m_t^b τ_uni^b|)
-    expected_r = torch.tensor(
-        [(1.5 + 1) / (2.25 + 1), (1.5 + 1) / (0.5 + 1), (1.25 + 1) / (1 + 1)]
-    )
+    expected_r = torch.tensor([(1.5 + 1) / (2.25 + 1), (1.5 + 1) / (0.5 + 1), (1.25 + 1) / (1 + 1)])
     torch.testing.assert_close(rescalers, expected_r)
     base = torch.zeros(4)
     torch.testing.assert_close(merge_tensor("emr", base, tv_a), tau_uni["a"])
@@ -271,9 +255,7 @@ def test_emr_single_task_expert_is_exact():
     bias_base, _, bias_tv = _experts(num_tasks=1, shape=(7,), seed=1)
     tau_uni, masks, rescalers = emr_masks_and_rescalers({"w": tv, "b": bias_tv})
     assert rescalers.tolist() == [1.0]
-    assert torch.equal(
-        emr_expert(base, tau_uni["w"], masks["w"][0], rescalers[0]), base + tv[0]
-    )
+    assert torch.equal(emr_expert(base, tau_uni["w"], masks["w"][0], rescalers[0]), base + tv[0])
     assert torch.equal(
         emr_expert(bias_base, tau_uni["b"], masks["b"][0], rescalers[0]),
         bias_base + bias_tv[0],
@@ -291,15 +273,11 @@ def test_tall_masks_hand_example():
     assert torch.equal(masks, torch.tensor([[True, False, True], [True, True, True]]))
     # λ=2: t0: [1>=1, 0.1>=2, 2>=4]; t1: [0.5>=2, 1>=0.2, 2>=4]
     masks = tall_masks(tv, tall_lambda=2.0)
-    assert torch.equal(
-        masks, torch.tensor([[True, False, False], [False, True, False]])
-    )
+    assert torch.equal(masks, torch.tensor([[True, False, False], [False, True, False]]))
     base = torch.tensor([1.0, 2.0, 3.0])
     tau_mtl = merge_tensor("tall", base, tv) - base
     torch.testing.assert_close(tau_mtl, 0.3 * tv.sum(0))
-    torch.testing.assert_close(
-        tall_expert(base, tau_mtl, masks[1]), base + torch.tensor([0.0, 0.33, 0.0])
-    )
+    torch.testing.assert_close(tall_expert(base, tau_mtl, masks[1]), base + torch.tensor([0.0, 0.33, 0.0]))
 
 
 def test_tall_single_task_expert_is_exact():
@@ -328,9 +306,7 @@ def test_polar_orthogonalize_properties():
 
 def test_tsv_single_task_reproduces_tau():
     base, _, tv = _experts(num_tasks=1, shape=(8, 6))
-    torch.testing.assert_close(
-        merge_tensor("tsv", base, tv), base + tv[0], atol=1e-5, rtol=1e-5
-    )
+    torch.testing.assert_close(merge_tensor("tsv", base, tv), base + tv[0], atol=1e-5, rtol=1e-5)
 
 
 def test_tsv_orthogonal_tasks_sum_exactly():
@@ -342,9 +318,7 @@ def test_tsv_orthogonal_tasks_sum_exactly():
     tv[1, 4:, 4:] = torch.randn(4, 4, generator=g, dtype=torch.float64)
     base = torch.zeros(8, 8, dtype=torch.float64)
     torch.testing.assert_close(merge_tensor("tsv", base, tv), tv.sum(0))
-    torch.testing.assert_close(
-        merge_tensor("tsv", base, tv, scaling=0.5), 0.5 * tv.sum(0)
-    )
+    torch.testing.assert_close(merge_tensor("tsv", base, tv, scaling=0.5), 0.5 * tv.sum(0))
 
 
 def test_tsv_interfering_tasks_and_shapes():
@@ -354,13 +328,9 @@ def test_tsv_interfering_tasks_and_shapes():
     assert not torch.allclose(merged, tv.sum(0), atol=1e-3)
     # Biases fall back to the mean; conv kernels keep their shape.
     bias, _, bias_tv = _experts(shape=(7,))
-    torch.testing.assert_close(
-        merge_tensor("tsv", bias, bias_tv), bias + bias_tv.mean(0)
-    )
+    torch.testing.assert_close(merge_tensor("tsv", bias, bias_tv), bias + bias_tv.mean(0))
     conv, _, conv_tv = _experts(num_tasks=1, shape=(4, 3, 2, 2))
-    torch.testing.assert_close(
-        merge_tensor("tsv", conv, conv_tv), conv + conv_tv[0], atol=1e-5, rtol=1e-5
-    )
+    torch.testing.assert_close(merge_tensor("tsv", conv, conv_tv), conv + conv_tv[0], atol=1e-5, rtol=1e-5)
 
 
 def test_tsv_compress():

@@ -8,7 +8,9 @@ near the merged model plus one expert whatever the number of experts.
 from __future__ import annotations
 
 import copy
+import tempfile
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -32,6 +34,7 @@ from ..offsets.targets import discover_targets
 from ..recovery.targets import teacher_examples
 from ..routing.context import routing
 from ..routing.signatures import default_components, fit_signature, select_components
+from .peft_experts import is_peft_adapter, merge_peft_expert
 from .sources import ModelSpec, WeightSource
 
 # Offsets per task, as a fraction of the model. Above 1 only makes sense to reach full rank in tests.
@@ -141,7 +144,13 @@ def build_retex(
     torch.manual_seed(seed)
 
     base_source = WeightSource(base, "base", allow_pickle)
-    sources = {t: WeightSource(spec, f"expert {t!r}", allow_pickle) for t, spec in experts.items()}
+    scratch = tempfile.TemporaryDirectory(prefix="retex-build-")
+    sources = {
+        t: merge_peft_expert(spec, base_source, Path(scratch.name), f"expert {t!r}")
+        if is_peft_adapter(spec)
+        else WeightSource(spec, f"expert {t!r}", allow_pickle)
+        for t, spec in experts.items()
+    }
     skeleton = _skeleton(sources[tasks[0]])
     head = backbones.head_attribute(skeleton)
     head_type = "module" if head else ("tensor" if heads else "none")
@@ -246,6 +255,7 @@ def build_retex(
             model.offsets.vector(name).delta[task].copy_(delta)
     model.router.load_signatures(signatures)
 
+    scratch.cleanup()
     if recovery_steps > 0:
         from ..recovery import recover
 

@@ -61,17 +61,13 @@ def emr_masks_and_rescalers(
     original = rebuilt = None
     for name, stacked in task_vectors_by_name.items():
         if stacked.ndim < 1 or stacked.shape[0] < 1:
-            raise ValueError(
-                f"tensor {name!r}: expected shape [T, ...]; got {tuple(stacked.shape)}"
-            )
+            raise ValueError(f"tensor {name!r}: expected shape [T, ...]; got {tuple(stacked.shape)}")
         if num_tasks is None:
             num_tasks = stacked.shape[0]
             original = torch.zeros(num_tasks, dtype=torch.float64)
             rebuilt = torch.zeros(num_tasks, dtype=torch.float64)
         elif stacked.shape[0] != num_tasks:
-            raise ValueError(
-                f"tensor {name!r} has {stacked.shape[0]} task vectors; expected {num_tasks}"
-            )
+            raise ValueError(f"tensor {name!r} has {stacked.shape[0]} task vectors; expected {num_tasks}")
         if not torch.isfinite(stacked).all():
             raise ValueError(f"tensor {name!r}: task vectors contain non-finite values")
         work = stacked if stacked.is_floating_point() else stacked.float()
@@ -79,19 +75,12 @@ def emr_masks_and_rescalers(
         tau_uni[name], masks[name] = uni, mask
         flat = work.reshape(num_tasks, -1).double()
         original += flat.abs().mean(dim=1).cpu()
-        rebuilt += (
-            (mask.reshape(num_tasks, -1) * uni.reshape(1, -1).double())
-            .abs()
-            .mean(dim=1)
-            .cpu()
-        )
+        rebuilt += (mask.reshape(num_tasks, -1) * uni.reshape(1, -1).double()).abs().mean(dim=1).cpu()
     rescalers = torch.where(rebuilt > 0, original / rebuilt.clamp_min(1e-300), 1.0)
     return tau_uni, masks, rescalers.float()
 
 
-def emr_expert(
-    base: Tensor, tau_uni: Tensor, mask_t: Tensor, r_t: float | Tensor
-) -> Tensor:
+def emr_expert(base: Tensor, tau_uni: Tensor, mask_t: Tensor, r_t: float | Tensor) -> Tensor:
     """Rebuild expert t as θ0 + r_t·m_t·τ_uni, in ``base``'s dtype."""
     dtype = torch.float64 if base.dtype == torch.float64 else torch.float32
     r = torch.as_tensor(r_t, dtype=dtype)

@@ -54,8 +54,7 @@ def register_merge_method(name: str, **defaults: Any) -> Callable[[MergeFn], Mer
     def decorator(fn: MergeFn) -> MergeFn:
         existing = _REGISTRY.get(name)
         if existing is not None and (
-            existing.fn.__module__ != fn.__module__
-            or existing.fn.__qualname__ != fn.__qualname__
+            existing.fn.__module__ != fn.__module__ or existing.fn.__qualname__ != fn.__qualname__
         ):
             raise ValueError(f"merge method {name!r} is already registered")
         _REGISTRY[name] = MergeMethod(
@@ -94,33 +93,25 @@ def resolve_hparams(method: str, **hparams: Any) -> dict[str, Any]:
     if unknown:
         valid = ", ".join(sorted(spec.defaults)) or "(none)"
         raise ValueError(
-            f"unknown hyper-parameter(s) {', '.join(map(repr, unknown))} for merge "
-            f"method {method!r}; valid: {valid}"
+            f"unknown hyper-parameter(s) {', '.join(map(repr, unknown))} for merge method {method!r}; valid: {valid}"
         )
     return {**spec.defaults, **hparams}
 
 
-def validate_inputs(
-    base: Tensor, task_vectors: Tensor, name: str | None = None
-) -> None:
+def validate_inputs(base: Tensor, task_vectors: Tensor, name: str | None = None) -> None:
     """Reject malformed inputs before any method sees them.
 
     Shape mismatches and NaN/inf would otherwise propagate silently into the
     merged checkpoint, where they are much harder to trace back to a tensor.
     """
     where = f" for tensor {name!r}" if name is not None else ""
-    if task_vectors.ndim != base.ndim + 1 or tuple(task_vectors.shape[1:]) != tuple(
-        base.shape
-    ):
+    if task_vectors.ndim != base.ndim + 1 or tuple(task_vectors.shape[1:]) != tuple(base.shape):
         raise ValueError(
             f"task_vectors must have shape [T, *base.shape]{where}; got task_vectors "
             f"{tuple(task_vectors.shape)} and base {tuple(base.shape)}"
         )
     if task_vectors.shape[0] < 1:
-        raise ValueError(
-            f"need at least one task vector{where}; got task_vectors "
-            f"{tuple(task_vectors.shape)}"
-        )
+        raise ValueError(f"need at least one task vector{where}; got task_vectors {tuple(task_vectors.shape)}")
     if not torch.isfinite(base).all():
         raise ValueError(f"base contains non-finite values{where}")
     if not torch.isfinite(task_vectors).all():
@@ -133,9 +124,7 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def merge_tensor(
-    method: str, base: Tensor, task_vectors: Tensor, **hparams: Any
-) -> Tensor:
+def merge_tensor(method: str, base: Tensor, task_vectors: Tensor, **hparams: Any) -> Tensor:
     """Return the merged weight ``θ0 + merged task vector`` for one tensor.
 
     Computes in float32 (or float64) and casts back to ``base.dtype`` so the
@@ -153,8 +142,5 @@ def merge_tensor(
     base_c = base.to(dtype)
     delta = spec.fn(task_vectors.to(dtype), base_c, **resolved)
     if tuple(delta.shape) != tuple(base.shape):
-        raise ValueError(
-            f"merge method {method!r} returned shape {tuple(delta.shape)}, "
-            f"expected {tuple(base.shape)}"
-        )
+        raise ValueError(f"merge method {method!r} returned shape {tuple(delta.shape)}, expected {tuple(base.shape)}")
     return (base_c + delta).to(base.dtype)

@@ -31,9 +31,7 @@ def merge_state_dict(
     ``task_vectors`` for them.
     """
     resolved = resolve_hparams(method, **hparams)
-    load = (
-        task_vectors.__getitem__ if isinstance(task_vectors, Mapping) else task_vectors
-    )
+    load = task_vectors.__getitem__ if isinstance(task_vectors, Mapping) else task_vectors
     merged: dict[str, Tensor] = {}
     for name in base.keys() if names is None else names:
         if name not in base:

@@ -15,9 +15,7 @@ from .registry import register_merge_method
 
 
 @register_merge_method("tall", scaling=0.3, tall_lambda=0.4)
-def tall(
-    task_vectors: Tensor, base: Tensor, *, scaling: float, tall_lambda: float
-) -> Tensor:
+def tall(task_vectors: Tensor, base: Tensor, *, scaling: float, tall_lambda: float) -> Tensor:
     """Multi-task vector τ_MTL = λ·Σ_t τ_t (the merge TALL masks are applied to).
 
     ``tall_lambda`` does not change the merged weights; it is accepted here so
@@ -26,9 +24,7 @@ def tall(
     return weighted_sum(task_vectors, scaling)
 
 
-def tall_masks(
-    task_vectors: Tensor, tall_lambda: float, mtl: Tensor | None = None
-) -> Tensor:
+def tall_masks(task_vectors: Tensor, tall_lambda: float, mtl: Tensor | None = None) -> Tensor:
     """Per-task masks m_t = [|τ_t| ≥ λ·|τ_MTL − τ_t|].
 
     A coordinate belongs to task t when τ_t dominates what the other tasks
@@ -36,9 +32,7 @@ def tall_masks(
     τ_MTL − τ_t is exactly the other tasks' contribution.
     """
     if task_vectors.ndim < 1 or task_vectors.shape[0] < 1:
-        raise ValueError(
-            f"task_vectors must have shape [T, ...]; got {tuple(task_vectors.shape)}"
-        )
+        raise ValueError(f"task_vectors must have shape [T, ...]; got {tuple(task_vectors.shape)}")
     if tall_lambda < 0:
         raise ValueError(f"tall_lambda must be >= 0; got {tall_lambda}")
     work = task_vectors if task_vectors.is_floating_point() else task_vectors.float()
@@ -47,9 +41,7 @@ def tall_masks(
     if mtl is None:
         mtl = work.sum(dim=0)
     elif tuple(mtl.shape) != tuple(work.shape[1:]):
-        raise ValueError(
-            f"mtl must have shape {tuple(work.shape[1:])}; got {tuple(mtl.shape)}"
-        )
+        raise ValueError(f"mtl must have shape {tuple(work.shape[1:])}; got {tuple(mtl.shape)}")
     mtl = mtl.to(work.dtype)
     return work.abs() >= tall_lambda * (mtl.unsqueeze(0) - work).abs()
 

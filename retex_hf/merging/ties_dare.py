@@ -16,9 +16,7 @@ _SIGN_METHODS = ("total", "frequency")
 
 def _check_sign_method(method: str) -> None:
     if method not in _SIGN_METHODS:
-        raise ValueError(
-            f"majority_sign_method must be one of {', '.join(_SIGN_METHODS)}; got {method!r}"
-        )
+        raise ValueError(f"majority_sign_method must be one of {', '.join(_SIGN_METHODS)}; got {method!r}")
 
 
 @register_merge_method("ties", density=0.2, scaling=1.0, majority_sign_method="total")
@@ -44,15 +42,11 @@ def ties(
     if not 0.0 <= density <= 1.0:
         raise ValueError(f"ties density must be in [0, 1]; got {density}")
     _check_sign_method(majority_sign_method)
-    weights = torch.ones(
-        task_vectors.shape[0], dtype=task_vectors.dtype, device=task_vectors.device
-    )
+    weights = torch.ones(task_vectors.shape[0], dtype=task_vectors.dtype, device=task_vectors.device)
     with warnings.catch_warnings():
         # peft warns that density >= 1 disables pruning; that is intended here.
         warnings.filterwarnings("ignore", message="The density .* no pruning")
-        merged = _peft_ties(
-            list(task_vectors.unbind(0)), weights, density, majority_sign_method
-        )
+        merged = _peft_ties(list(task_vectors.unbind(0)), weights, density, majority_sign_method)
     return scaling * merged
 
 
@@ -64,9 +58,7 @@ def _tensor_generator(task_vectors: Tensor, seed: int) -> torch.Generator:
     shared seed would otherwise drop the same coordinates in every layer). A
     private generator also leaves the global RNG untouched.
     """
-    data = (
-        task_vectors.detach().contiguous().reshape(-1).view(torch.uint8).cpu().numpy()
-    )
+    data = task_vectors.detach().contiguous().reshape(-1).view(torch.uint8).cpu().numpy()
     digest = hashlib.blake2b(digest_size=8)
     digest.update(int(seed).to_bytes(16, "little", signed=True))
     digest.update(repr((tuple(task_vectors.shape), str(task_vectors.dtype))).encode())

@@ -30,9 +30,7 @@ def polar_orthogonalize(matrix: Tensor) -> Tensor:
     return left @ right_h
 
 
-def tsv_compress(
-    task_vector_2d: Tensor, num_tasks: int
-) -> tuple[Tensor, Tensor, Tensor]:
+def tsv_compress(task_vector_2d: Tensor, num_tasks: int) -> tuple[Tensor, Tensor, Tensor]:
     """TSV-C: keep the top k = floor(min(m, n)/T) singular triplets (at least 1).
 
     Returns (U_k [m, k], S_k [k], V_k [n, k]) so that U_k·diag(S_k)·V_kᵀ is the
@@ -40,9 +38,7 @@ def tsv_compress(
     storage matches one dense matrix.
     """
     if task_vector_2d.ndim != 2:
-        raise ValueError(
-            f"tsv_compress expects a 2-D tensor; got shape {tuple(task_vector_2d.shape)}"
-        )
+        raise ValueError(f"tsv_compress expects a 2-D tensor; got shape {tuple(task_vector_2d.shape)}")
     if num_tasks < 1:
         raise ValueError(f"num_tasks must be >= 1; got {num_tasks}")
     work = task_vector_2d
