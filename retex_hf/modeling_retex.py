@@ -236,6 +236,12 @@ class RetexPreTrainedModel(PreTrainedModel):
 
         return materialize_backbone(self, None, head_task=head_of)
 
+    def export_peft(self, task: str, directory):
+        """Write ``task``'s offsets as a PEFT LoRA adapter over ``materialize_merged(head_of=task)``."""
+        from .peft_export import export_peft
+
+        return export_peft(self, task, directory)
+
     def retex_storage(self) -> dict[str, int]:
         """Bytes held by each part of the checkpoint, and the total as a multiple of one model."""
         from .export import storage_report

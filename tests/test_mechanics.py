@@ -149,3 +149,34 @@ def test_gradient_checkpointing_keeps_offset_gradients():
     assert plain and plain.keys() == checkpointed.keys()
     for name in plain:
         torch.testing.assert_close(checkpointed[name], plain[name], atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("backbone", ["bert", "clip", "t5"])
+def test_export_peft_reproduces_the_recovered_expert(backbone, tmp_path):
+    from peft import PeftModel
+
+    if backbone == "bert":
+        base, experts, inputs = tiny_text("bert")
+        model = _build(base, experts, inputs, budget=0.5)
+        test = inputs(1, 4, gen_seed=2)
+
+        def run(m):
+            return m(**test).logits
+    elif backbone == "clip":
+        base, experts, heads, inputs = tiny_clip()
+        model = _build(base, experts, inputs, heads=heads, budget=0.5)
+        test = inputs(1, 4, gen_seed=2)
+
+        def run(m):
+            return m(**test).pooler_output
+    else:
+        base, experts, inputs = tiny_t5()
+        model = _build(base, experts, inputs, budget=0.5)
+        test = {**inputs(1, 4, gen_seed=2), "decoder_input_ids": torch.tensor([[0, 5, 9]] * 4)}
+
+        def run(m):
+            return m(**test).logits
+
+    model.export_peft("beta", tmp_path / "adapter")
+    adapted = PeftModel.from_pretrained(model.materialize_merged(head_of="beta"), str(tmp_path / "adapter")).eval()
+    torch.testing.assert_close(run(adapted), run(model.materialize("beta")), atol=1e-4, rtol=1e-4)
