@@ -94,3 +94,30 @@ def test_bad_assignments_name_the_culprit(tmp_path):
     with pytest.raises(ValueError, match="--expert 'oops'"):
         main(["build", "--base", "x", "--expert", "oops", "--calibration", "a=b", "--output", str(tmp_path / "o")])
     assert not (tmp_path / "o").exists()
+
+
+def test_build_tokenizes_a_text_column_with_the_base_tokenizer(tmp_path):
+    """Calibration given as raw text goes through the base's tokenizer, which is shipped in the output."""
+    from transformers import AutoTokenizer, BertTokenizer
+
+    suite = make_suite("bert", num_tasks=3, seed=0)
+    paths = suite.save(tmp_path / "models")
+    vocab_size = suite.base.config.vocab_size
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(5, vocab_size)]
+    (tmp_path / "vocab.txt").write_text("\n".join(words) + "\n")
+    BertTokenizer(str(tmp_path / "vocab.txt"), do_lower_case=True).save_pretrained(paths["base"])
+    args = ["build", "--base", paths["base"], "--output", str(tmp_path / "out"), "--budget", "0.1",
+            "--recovery-steps", "0", "--quiet"]  # fmt: skip
+    for task in suite.tasks:
+        texts = [" ".join(f"w{int(i)}" for i in ex["input_ids"][1:-1]) for ex in suite.calibration[task]]
+        path = tmp_path / f"{task}.csv"
+        path.write_text("text\n" + "\n".join(texts) + "\n")
+        args += ["--expert", f"{task}={paths['experts'][task]}", "--calibration", f"{task}={path}"]
+    assert main(args) == 0
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "out")
+    model = AutoModel.from_pretrained(tmp_path / "out")
+    for index, task in enumerate(suite.tasks):
+        text = " ".join(f"w{int(i)}" for i in suite.calibration[task][0]["input_ids"][1:-1])
+        encoded = tokenizer([text], return_tensors="pt")
+        assert encoded["input_ids"][0].tolist() == suite.calibration[task][0]["input_ids"].tolist()
+        assert model(**encoded).task_ids.item() == index
