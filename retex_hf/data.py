@@ -6,9 +6,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids", "pixel_values", "decoder_input_ids")
-_PAD_ZERO_KEYS = ("attention_mask", "token_type_ids")
+_TOKEN_KEYS = ("input_ids", "decoder_input_ids")
 
 
 def _as_tensor(value: Any) -> torch.Tensor:
@@ -41,17 +42,20 @@ def to_examples(calibration: Any) -> list[dict[str, torch.Tensor]]:
 
 
 def collate(examples: Sequence[Mapping[str, torch.Tensor]], pad_token_id: int = 0) -> dict[str, torch.Tensor]:
-    """Stack examples, right-padding 1-D token tensors (ids with pad_token_id, masks with 0)."""
-    batch = {}
+    """Stack examples, right-padding along the first axis where lengths differ.
+
+    Token ids are padded with ``pad_token_id``, everything else (masks, token types, per-position
+    targets) with 0. Token inputs without an attention mask get one, so padding is never attended.
+    """
     if "input_ids" in examples[0] and "attention_mask" not in examples[0]:
-        # Padding without a mask would let the model attend to pad tokens: derive the mask.
         examples = [{**e, "attention_mask": torch.ones_like(_as_tensor(e["input_ids"]))} for e in examples]
+    batch = {}
     for key in examples[0]:
         values = [_as_tensor(e[key]) for e in examples]
-        if values[0].dim() >= 1 and len({v.shape for v in values}) > 1:
-            length = max(v.shape[-1] for v in values)
-            fill = 0 if key in _PAD_ZERO_KEYS else pad_token_id
-            values = [torch.nn.functional.pad(v, (0, length - v.shape[-1]), value=fill) for v in values]
+        if values[0].dim() >= 1 and len({v.shape[0] for v in values}) > 1:
+            length = max(v.shape[0] for v in values)
+            fill = pad_token_id if key in _TOKEN_KEYS else 0
+            values = [F.pad(v, [0, 0] * (v.dim() - 1) + [0, length - v.shape[0]], value=fill) for v in values]
         batch[key] = torch.stack(values)
     return batch
 

@@ -6,8 +6,6 @@ accelerator) while the offsets train.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel
@@ -63,20 +61,3 @@ def teacher_examples(
             example["task_index"] = torch.tensor(task_index)
             examples.append(example)
     return examples
-
-
-def pad_and_stack(examples: list[Mapping[str, torch.Tensor]], pad_token_id: int) -> dict[str, torch.Tensor]:
-    """Collate examples from different tasks: pad every tensor's first axis to the longest."""
-    batch = {}
-    for key in examples[0]:
-        values = [e[key] for e in examples]
-        if values[0].dim() >= 1:
-            length = max(v.shape[0] for v in values)
-            fill = pad_token_id if key in ("input_ids", "decoder_input_ids") else 0
-            padded = []
-            for v in values:
-                pad = [0, 0] * (v.dim() - 1) + [0, length - v.shape[0]]
-                padded.append(F.pad(v, pad, value=fill) if length > v.shape[0] else v)
-            values = padded
-        batch[key] = torch.stack(values)
-    return batch

@@ -16,7 +16,8 @@ from torch.utils.data import Dataset
 from transformers import PreTrainedModel, Trainer, TrainingArguments
 from transformers.trainer_callback import PrinterCallback
 
-from .targets import pad_and_stack, pooled_output
+from ..data import collate
+from .targets import pooled_output
 
 MODEL_KEYS = ("input_ids", "attention_mask", "token_type_ids", "pixel_values", "decoder_input_ids")
 
@@ -106,7 +107,7 @@ def recover(
         model=model,
         args=args,
         train_dataset=_ListDataset(examples),
-        data_collator=lambda rows: pad_and_stack(rows, pad_id),
+        data_collator=lambda rows: collate(rows, pad_id),
     )
     if quiet:
         trainer.remove_callback(PrinterCallback)

@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel
 
+from ..data import collate
+
 HEAD_PREFIXES = ("classifier.", "score.")  # per-task heads of *ForSequenceClassification, never merged
 
 
@@ -78,19 +80,6 @@ def generation_token_accuracy(
     generated = generate_targets(model, inputs, labels.shape[1])
     valid = labels != -100
     return ((generated == labels) & valid).sum().item() / valid.sum().item()
-
-
-def collate(examples: Sequence[Mapping[str, torch.Tensor]], pad_token_id: int = 0) -> dict[str, torch.Tensor]:
-    """Stack single examples, right-padding token ids with ``pad_token_id`` and masks with 0."""
-    batch = {}
-    for key in examples[0]:
-        values = [e[key] for e in examples]
-        if values[0].dim() == 1:
-            width = max(v.shape[0] for v in values)
-            fill = 0 if key == "attention_mask" else pad_token_id
-            values = [F.pad(v, (0, width - v.shape[0]), value=fill) for v in values]
-        batch[key] = torch.stack(values)
-    return batch
 
 
 @torch.no_grad()
