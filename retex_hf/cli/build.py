@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import tempfile
 from pathlib import Path
@@ -83,7 +84,12 @@ def run(args: argparse.Namespace) -> int:
 
         metrics = evaluate_specs(model, parse_assignments(args.eval, "--eval"), args, experts, preprocessor)
     write_checkpoint(model, Path(args.output), preprocessor, args, experts, metrics)
-    print(f"wrote {args.output}")
+    storage = model.retex_storage()
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    print(
+        f"wrote {args.output}: {storage['total'] / 1e6:.2f} MB = {storage['total_vs_one_model']:.2f}x one model; "
+        f"peak memory of the build process {peak_mb:.0f} MiB"
+    )
     return 0
 
 
