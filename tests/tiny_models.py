@@ -24,6 +24,14 @@ from transformers import (
 TEXT_LEN = 10
 
 
+def text_inputs(task_index: int, n: int, gen_seed: int = 0) -> dict[str, torch.Tensor]:
+    """Token ids from a range of the vocabulary that belongs to the task (its 'domain')."""
+    g = torch.Generator().manual_seed(gen_seed + 1000 * task_index)
+    low = 4 + 28 * task_index
+    ids = torch.randint(low, low + 28, (n, TEXT_LEN), generator=g)
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+
 def _perturb(model: torch.nn.Module, seed: int, scale: float = 0.05) -> None:
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -55,13 +63,7 @@ def tiny_text(arch: str, tasks=("alpha", "beta"), seed: int = 0):
         _perturb(expert.base_model, seed + 100 + i)
         experts[task] = expert.eval()
 
-    def inputs(task_index: int, n: int, gen_seed: int = 0):
-        g = torch.Generator().manual_seed(gen_seed + 1000 * task_index)
-        low = 4 + 28 * task_index
-        ids = torch.randint(low, low + 28, (n, TEXT_LEN), generator=g)
-        return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-
-    return base, experts, inputs
+    return base, experts, text_inputs
 
 
 def tiny_clip(tasks=("alpha", "beta"), seed: int = 0):
@@ -108,10 +110,4 @@ def tiny_t5(tasks=("alpha", "beta"), seed: int = 0, tie: bool = False):
         _perturb(expert, seed + 100 + i)
         experts[task] = expert.eval()
 
-    def inputs(task_index: int, n: int, gen_seed: int = 0):
-        g = torch.Generator().manual_seed(gen_seed + 1000 * task_index)
-        low = 4 + 28 * task_index
-        ids = torch.randint(low, low + 28, (n, TEXT_LEN), generator=g)
-        return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-
-    return base, experts, inputs
+    return base, experts, text_inputs
