@@ -23,6 +23,7 @@ from .modeling_retex import (
     RetexPreTrainedModel,
     UnknownTaskError,
 )
+from .safety import BuildInputError, CheckpointError
 
 __version__ = "0.1.0"
 
@@ -33,6 +34,8 @@ AutoModelForSequenceClassification.register(RetexConfig, RetexForSequenceClassif
 AutoModelForSeq2SeqLM.register(RetexConfig, RetexForConditionalGeneration, exist_ok=True)
 
 __all__ = [
+    "BuildInputError",
+    "CheckpointError",
     "RetexConfig",
     "RetexForConditionalGeneration",
     "RetexForImageClassification",

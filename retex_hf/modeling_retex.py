@@ -19,6 +19,7 @@ from transformers import AutoConfig, PreTrainedModel
 from transformers.utils import ModelOutput
 
 from . import backbones
+from .checkpointing import CheckedCheckpointMixin
 from .configuration_retex import RetexConfig
 from .heads import PerTaskHead, TensorHeads, resize_head
 from .offsets.bank import LowRankOffset, OffsetBank, VectorOffset
@@ -63,7 +64,7 @@ def _matrix_shape(param: torch.Tensor) -> tuple[int, int]:
     return param.shape[0], math.prod(param.shape[1:])
 
 
-class RetexPreTrainedModel(PreTrainedModel):
+class RetexPreTrainedModel(CheckedCheckpointMixin, PreTrainedModel):
     config_class = RetexConfig
     base_model_prefix = "retex"
     _supports_sdpa = True
@@ -156,6 +157,7 @@ class RetexPreTrainedModel(PreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        """Load a checkpoint as the class it was saved as (checked loading: see `CheckedCheckpointMixin`)."""
         if cls is RetexModel:
             config = kwargs.get("config")
             if not isinstance(config, RetexConfig):

@@ -8,6 +8,7 @@ near the merged model plus one expert whatever the number of experts.
 from __future__ import annotations
 
 import copy
+import inspect
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -17,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
-from .. import backbones
+from .. import backbones, safety
 from ..configuration_retex import RetexConfig
 from ..data import batches, to_examples
 from ..merging import merge_tensor, resolve_hparams
@@ -43,18 +44,29 @@ MAX_BUDGET = 2.0
 
 def _check_tasks(experts: Mapping[str, Any], calibration: Mapping[str, Any]) -> list[str]:
     tasks = list(experts)
-    if not tasks:
-        raise ValueError("experts is empty: give at least one {task_name: expert}")
-    for task in tasks:
-        if not isinstance(task, str) or not task.strip() or "." in task:
-            raise ValueError(f"invalid task name {task!r}: use a non-empty string without dots")
+    safety.check_task_names(tasks)
     missing = [t for t in tasks if t not in calibration]
     extra = [t for t in calibration if t not in experts]
     if missing or extra:
-        raise ValueError(
+        raise safety.BuildInputError(
             f"calibration and experts name different tasks: no calibration for {missing}, no expert for {extra}"
         )
     return tasks
+
+
+def _architecture(source: WeightSource) -> str:
+    if source.directory is None:
+        return type(source.load()).__name__
+    return (source.config.architectures or [type(source.config).__name__])[0]
+
+
+def _forward_keys(skeleton: PreTrainedModel) -> set[str] | None:
+    """The named inputs the experts' forward accepts (None when it cannot be told)."""
+    try:
+        parameters = inspect.signature(skeleton.forward).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    return {p.name for p in parameters if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)} or None
 
 
 def _model_class(skeleton: PreTrainedModel, head_type: str) -> type[RetexPreTrainedModel]:
@@ -96,7 +108,7 @@ def _base_name(base: WeightSource, name: str, prefix: str) -> str:
     for candidate in candidates:
         if candidate in keys:
             return candidate
-    raise ValueError(f"base model has no tensor for expert tensor {name!r}")
+    raise safety.BuildInputError(f"base model has no tensor for expert tensor {name!r}")
 
 
 def _expert_tensor(source: WeightSource, task: str, name: str, shape: torch.Size) -> torch.Tensor:
@@ -131,16 +143,24 @@ def build_retex(
     max_new_tokens: int = 16,
     recovery_kwargs: Mapping[str, Any] | None = None,
     allow_pickle: bool = False,
+    max_relative_distance: float | None = safety.DEFAULT_MAX_RELATIVE_DISTANCE,
     seed: int = 0,
     quiet: bool = False,
 ) -> RetexPreTrainedModel:
-    """Build one ReTeX checkpoint from a base and its fine-tuned experts (see DESIGN.md §6)."""
+    """Build one ReTeX checkpoint from a base and its fine-tuned experts (see DESIGN.md §6).
+
+    Every input is checked before any work starts (`retex_hf.safety`): a bad one raises
+    `BuildInputError` naming the task, expert or tensor. ``max_relative_distance`` refuses an
+    expert farther than that from the base (‖θ_t − θ0‖/‖θ0‖ over the body; None: no limit).
+    """
+    # 0. Validation: cheap checks first, then one streamed pass over every weight.
     tasks = _check_tasks(experts, calibration)
     if not 0 < budget <= MAX_BUDGET:
-        raise ValueError(f"budget={budget} must be a fraction of the model size in (0, {MAX_BUDGET}]")
+        raise safety.BuildInputError(f"budget={budget} must be a fraction of the model size in (0, {MAX_BUDGET}]")
     hparams = resolve_hparams(merge, **dict(merge_kwargs or {}))
     if heads and set(heads) != set(tasks):
-        raise ValueError(f"heads name tasks {sorted(heads)}, experts name {sorted(tasks)}")
+        raise safety.BuildInputError(f"heads name tasks {sorted(heads)}, experts name {sorted(tasks)}")
+    examples_of = {t: to_examples(calibration[t]) for t in tasks}
     torch.manual_seed(seed)
 
     base_source = WeightSource(base, "base", allow_pickle)
@@ -151,11 +171,32 @@ def build_retex(
         else WeightSource(spec, f"expert {t!r}", allow_pickle)
         for t, spec in experts.items()
     }
+    safety.check_architectures(
+        {t: _architecture(s) for t, s in sources.items()},
+        getattr(base_source.config, "model_type", None),
+        {t: getattr(s.config, "model_type", None) for t, s in sources.items()},
+    )
     skeleton = _skeleton(sources[tasks[0]])
+    safety.check_calibration(examples_of, _forward_keys(skeleton), getattr(skeleton, "main_input_name", None))
     head = backbones.head_attribute(skeleton)
     head_type = "module" if head else ("tensor" if heads else "none")
     targets = discover_targets(skeleton, exclude_prefixes=(head,) if head else ())
     names = [n for n, _ in skeleton.named_parameters() if not (head and n.startswith(head + "."))]
+    prefix = getattr(skeleton, "base_model_prefix", "")
+    shapes = {n: tuple(p.shape) for n, p in skeleton.named_parameters()}
+    safety.check_expert_weights(
+        base_source,
+        sources,
+        names,
+        shapes,
+        [n for n in shapes if head and n.startswith(head + ".")],
+        lambda name: _base_name(base_source, name, prefix),
+        max_relative_distance,
+    )
+    if heads:
+        for task, weight in heads.items():
+            if not torch.isfinite(weight).all():
+                raise safety.BuildInputError(f"head of task {task!r} contains NaN or Inf")
 
     # 1. The model, with every shape but the offsets' and the router's known.
     model_cls = _model_class(skeleton, head_type)
@@ -183,7 +224,6 @@ def build_retex(
     model = model_cls(config)
 
     # 2. Merge, tensor by tensor, straight into the model.
-    prefix = getattr(skeleton, "base_model_prefix", "")
     backbone = model.backbone
     for name in tqdm(names, desc=f"merging ({merge})", disable=quiet):
         target = backbone.get_parameter(name)
@@ -208,8 +248,7 @@ def build_retex(
     for index, task in enumerate(tqdm(tasks, desc="offsets per expert (load, SVD, targets)", disable=quiet)):
         expert = sources[task].load()
         calib = [
-            _with_decoder_inputs(expert, b, max_new_tokens)
-            for b in batches(to_examples(calibration[task]), batch_size, pad_id)
+            _with_decoder_inputs(expert, b, max_new_tokens) for b in batches(examples_of[task], batch_size, pad_id)
         ]
         with routing(None):
             features[task] = torch.cat([backbones.pool_features(backbone, b) for b in calib])
