@@ -326,3 +326,22 @@ def test_only_safetensors_are_loaded(saved, tmp_path):
     (directory / CHECKSUM_FILE).unlink()
     with pytest.raises(OSError):
         retex_hf.RetexModel.from_pretrained(directory)
+
+
+def test_pickle_experts_are_refused_unless_allowed_then_loaded_weights_only(tmp_path):
+    base, experts, inputs = tiny_text("bert")
+    base.save_pretrained(tmp_path / "base")
+    state = experts["beta"].state_dict()
+    config = copy.deepcopy(experts["beta"].config)
+    config.architectures = ["BertForSequenceClassification"]
+    config.save_pretrained(tmp_path / "beta")
+    torch.save(state, tmp_path / "beta" / "pytorch_model.bin")
+    specs = {"alpha": experts["alpha"], "beta": str(tmp_path / "beta")}
+    calibration = {"alpha": inputs(0, 12), "beta": inputs(1, 12)}
+    with pytest.raises(ValueError, match="pickle"):
+        retex_hf.build_retex(str(tmp_path / "base"), specs, calibration, budget=0.5, recovery_steps=0, quiet=True)
+    model = retex_hf.build_retex(
+        str(tmp_path / "base"), specs, calibration, budget=0.5, recovery_steps=0, quiet=True, allow_pickle=True
+    )
+    test = inputs(1, 3, gen_seed=4)
+    assert model(**test, task="beta").logits.shape == (3, 3)

@@ -84,12 +84,17 @@ class WeightSource:
         return type(self._model) if self._model is not None else model_class(self.config)
 
     def keys(self) -> set[str]:
+        if self._model is None and not self._files and self.allow_pickle:
+            self._model = self.load()
         if self._model is not None:
             return set(self._model.state_dict())
         return set(self._files)
 
     def get(self, name: str) -> torch.Tensor | None:
         """The tensor saved under ``name`` (None when the checkpoint lacks it)."""
+        if self._model is None and not self._files and self.allow_pickle:
+            # A pickle checkpoint cannot be read lazily: load it once (weights_only) and serve from memory.
+            self._model = self.load()
         if self._model is not None:
             state = self._model.state_dict(keep_vars=True)
             return state[name].detach() if name in state else None
