@@ -105,7 +105,7 @@ def evaluate_classification(
 ) -> list[TaskReport]:
     """Per-task report; experts (and, for towers, their tensor heads) enable the comparisons."""
     reports = []
-    merged_cache: dict[str, PreTrainedModel] = {}
+    shared_merged: PreTrainedModel | None = None  # towers share one merged model; module heads differ per task
     for task, inputs in test.items():
         index = model.task_index(task)
         head = heads.get(task) if heads else None
@@ -119,10 +119,10 @@ def evaluate_classification(
             fidelity = _accuracy(routed_pred, expert_pred, metric="fidelity")
             normalized = _accuracy(routed_pred, truth) / max(expert_acc, 1e-12)
             if model.config.head_type == "module":
-                merged_cache[task] = model.materialize_merged(head_of=task)
-                merged = merged_cache[task]
+                merged = model.materialize_merged(head_of=task)
             else:
-                merged = merged_cache.setdefault("__shared__", model.materialize_merged())
+                shared_merged = shared_merged or model.materialize_merged()
+                merged = shared_merged
             merged_acc = _accuracy(plain_logits(merged, inputs, head, batch_size).argmax(-1), truth)
         reports.append(
             TaskReport(

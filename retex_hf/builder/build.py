@@ -97,27 +97,17 @@ def _with_decoder_inputs(expert: PreTrainedModel, batch: dict, max_new_tokens: i
     return {**batch, "decoder_input_ids": generated}
 
 
-def _base_name(base: WeightSource, name: str, prefix: str) -> str:
+def _base_name(keys: set[str], name: str, prefix: str) -> str:
     """The base checkpoint's name for an expert tensor (a bare `BertModel` lacks the `bert.` prefix)."""
     candidates = [name]
     if prefix and name.startswith(prefix + "."):
         candidates.append(name[len(prefix) + 1 :])
     elif prefix:
         candidates.append(f"{prefix}.{name}")
-    keys = base.keys()
     for candidate in candidates:
         if candidate in keys:
             return candidate
     raise safety.BuildInputError(f"base model has no tensor for expert tensor {name!r}")
-
-
-def _expert_tensor(source: WeightSource, task: str, name: str, shape: torch.Size) -> torch.Tensor:
-    value = source.get(name)
-    if value is None:
-        raise ValueError(f"expert {task!r} has no tensor {name!r}")
-    if tuple(value.shape) != tuple(shape):
-        raise ValueError(f"expert {task!r} tensor {name!r} has shape {tuple(value.shape)}, base has {tuple(shape)}")
-    return value.float()
 
 
 @torch.no_grad()
@@ -184,13 +174,15 @@ def build_retex(
     names = [n for n, _ in skeleton.named_parameters() if not (head and n.startswith(head + "."))]
     prefix = getattr(skeleton, "base_model_prefix", "")
     shapes = {n: tuple(p.shape) for n, p in skeleton.named_parameters()}
+    base_keys = base_source.keys()
+    base_names = {n: _base_name(base_keys, n, prefix) for n in names}
     safety.check_expert_weights(
         base_source,
         sources,
         names,
         shapes,
         [n for n in shapes if head and n.startswith(head + ".")],
-        lambda name: _base_name(base_source, name, prefix),
+        base_names.__getitem__,
         max_relative_distance,
     )
     if heads:
@@ -223,16 +215,12 @@ def build_retex(
     )
     model = model_cls(config)
 
-    # 2. Merge, tensor by tensor, straight into the model.
+    # 2. Merge, tensor by tensor, straight into the model (names and shapes were checked above).
     backbone = model.backbone
     for name in tqdm(names, desc=f"merging ({merge})", disable=quiet):
         target = backbone.get_parameter(name)
-        theta0 = base_source.get(_base_name(base_source, name, prefix)).float()
-        if theta0.shape != target.shape:
-            raise ValueError(
-                f"base tensor {name!r} has shape {tuple(theta0.shape)}, experts have {tuple(target.shape)}"
-            )
-        task_vectors = torch.stack([_expert_tensor(sources[t], t, name, target.shape) - theta0 for t in tasks])
+        theta0 = base_source.get(base_names[name]).float()
+        task_vectors = torch.stack([sources[t].get(name).float() - theta0 for t in tasks])
         target.copy_(merge_tensor(merge, theta0, task_vectors, **hparams))
     for name, buffer in backbone.named_buffers():
         saved = sources[tasks[0]].get(name)

@@ -48,6 +48,7 @@ class WeightSource:
         self._model = spec.eval() if isinstance(spec, PreTrainedModel) else None
         self._files: dict[str, Path] = {}
         self._handles: dict[Path, object] = {}
+        self._state: dict[str, torch.Tensor] | None = None
         if self._model is not None:
             self.directory = None
             self.config = spec.config
@@ -56,7 +57,10 @@ class WeightSource:
             raise TypeError(f"{role}: expected a PreTrainedModel, a directory or a Hub id, got {type(spec).__name__}")
         self.directory = resolve_directory(spec)
         if (self.directory / ADAPTER_CONFIG).exists():
-            raise ValueError(f"{role}: {self.directory} is a PEFT adapter; load it over its base with load_peft_expert")
+            raise ValueError(
+                f"{role}: {self.directory} is a PEFT adapter, not a model; pass it to build_retex as an expert "
+                "and it is merged over the base there"
+            )
         self.config = AutoConfig.from_pretrained(self.directory)
         self._index_safetensors()
 
@@ -83,21 +87,26 @@ class WeightSource:
     def model_class(self) -> type[PreTrainedModel]:
         return type(self._model) if self._model is not None else model_class(self.config)
 
-    def keys(self) -> set[str]:
+    def _memory_state(self) -> dict[str, torch.Tensor] | None:
+        """Tensors of a model held in memory (given as an object, or a pickle checkpoint, which cannot
+        be read lazily and is loaded once with weights_only), gathered once rather than per read."""
         if self._model is None and not self._files and self.allow_pickle:
             self._model = self.load()
-        if self._model is not None:
-            return set(self._model.state_dict())
-        return set(self._files)
+        if self._model is None:
+            return None
+        if self._state is None:
+            self._state = {k: v.detach() for k, v in self._model.state_dict(keep_vars=True).items()}
+        return self._state
+
+    def keys(self) -> set[str]:
+        state = self._memory_state()
+        return set(state) if state is not None else set(self._files)
 
     def get(self, name: str) -> torch.Tensor | None:
         """The tensor saved under ``name`` (None when the checkpoint lacks it)."""
-        if self._model is None and not self._files and self.allow_pickle:
-            # A pickle checkpoint cannot be read lazily: load it once (weights_only) and serve from memory.
-            self._model = self.load()
-        if self._model is not None:
-            state = self._model.state_dict(keep_vars=True)
-            return state[name].detach() if name in state else None
+        state = self._memory_state()
+        if state is not None:
+            return state.get(name)
         path = self._files.get(name)
         if path is None:
             return None
