@@ -23,6 +23,7 @@ from .modeling_retex import (
     RetexPreTrainedModel,
     UnknownTaskError,
 )
+from .pipelines import register_pipelines
 from .safety import BuildInputError, CheckpointError
 
 __version__ = "0.1.0"
@@ -32,6 +33,7 @@ AutoModel.register(RetexConfig, RetexModel, exist_ok=True)
 AutoModelForImageClassification.register(RetexConfig, RetexForImageClassification, exist_ok=True)
 AutoModelForSequenceClassification.register(RetexConfig, RetexForSequenceClassification, exist_ok=True)
 AutoModelForSeq2SeqLM.register(RetexConfig, RetexForConditionalGeneration, exist_ok=True)
+register_pipelines()
 
 __all__ = [
     "BuildInputError",

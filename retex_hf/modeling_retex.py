@@ -60,6 +60,13 @@ class RetexSeq2SeqOutput(ModelOutput):
     residuals: torch.Tensor | None = None
 
 
+@dataclass
+class RetexGenerateOutput(ModelOutput):
+    sequences: torch.Tensor | None = None
+    task_ids: torch.Tensor | None = None
+    unknown: torch.Tensor | None = None
+
+
 def _matrix_shape(param: torch.Tensor) -> tuple[int, int]:
     return param.shape[0], math.prod(param.shape[1:])
 
@@ -354,12 +361,22 @@ class RetexForConditionalGeneration(RetexPreTrainedModel, transformers.Generatio
         )
 
     @torch.no_grad()
-    def generate(self, input_ids: torch.Tensor | None = None, task: TaskSpec = None, **kwargs):
-        """Route once on the encoder input, then let the backbone generate under that routing."""
+    def generate(
+        self, input_ids: torch.Tensor | None = None, task: TaskSpec = None, return_routing: bool = False, **kwargs
+    ):
+        """Route once on the encoder input, then let the backbone generate under that routing.
+
+        ``return_routing=True`` returns a `RetexGenerateOutput` (sequences plus the task each input
+        went to), for callers such as pipelines that report it without routing twice.
+        """
         inputs = _model_inputs(input_ids=input_ids, attention_mask=kwargs.get("attention_mask"))
-        state, _ = self.route(inputs, task)
+        state, info = self.route(inputs, task)
         with routing(state):
-            return self.backbone.generate(input_ids=input_ids, **kwargs)
+            generated = self.backbone.generate(input_ids=input_ids, **kwargs)
+        if not return_routing:
+            return generated
+        sequences = getattr(generated, "sequences", generated)  # a GenerateOutput under return_dict_in_generate
+        return RetexGenerateOutput(sequences=sequences, task_ids=state.task_ids, unknown=info["unknown"])
 
 
 _ARCHITECTURES: dict[str, type[RetexPreTrainedModel]] = {

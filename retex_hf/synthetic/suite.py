@@ -48,12 +48,30 @@ class SyntheticSuite:
     def tasks(self) -> list[str]:
         return list(self.experts)
 
+    def preprocessor(self):
+        """The tokenizer (word ``w{id}`` per token id) or image processor that matches this suite's inputs."""
+        from .preprocessors import image_processor, word_tokenizer
+
+        if self.backbone == "clip":
+            return image_processor(self.base.config.image_size)
+        return word_tokenizer(self.backbone, self.base.config.vocab_size)
+
+    def raw_inputs(self, task: str) -> list:
+        """The test inputs as a user would hand them to a pipeline: texts, or uint8 H×W×3 images."""
+        from .preprocessors import to_images, to_text
+
+        if self.backbone == "clip":
+            return to_images(self.test[task]["pixel_values"])
+        return [to_text(row, self.backbone) for row in self.test[task]["input_ids"]]
+
     def save(self, directory: str | os.PathLike) -> dict:
-        """Write ``base/`` and ``experts/<task>/`` with save_pretrained (safetensors); CLIP heads go to
+        """Write ``base/`` (with its tokenizer or image processor) and ``experts/<task>/`` with
+        save_pretrained (safetensors); CLIP heads go to
         ``heads.safetensors``. Returns ``{"base": path, "experts": {task: path}}`` (+ ``"heads"`` for CLIP)."""
         directory = os.fspath(directory)
         paths: dict = {"base": os.path.join(directory, "base"), "experts": {}}
         self.base.save_pretrained(paths["base"])
+        self.preprocessor().save_pretrained(paths["base"])
         for task, expert in self.experts.items():
             paths["experts"][task] = os.path.join(directory, "experts", task)
             expert.save_pretrained(paths["experts"][task])
