@@ -6,9 +6,9 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from . import build, demo, evaluate
+from . import bench, build, demo, evaluate, push
 
-COMMANDS = {"build": build, "eval": evaluate, "demo": demo}
+COMMANDS = {"build": build, "eval": evaluate, "demo": demo, "push": push, "bench": bench}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
