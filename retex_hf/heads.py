@@ -63,6 +63,16 @@ class PerTaskHead(nn.Module):
         self.task_names = list(task_names)
         self.width = max(num_labels.values())
 
+    def add(self, task: str, head: nn.Module, num_labels: int) -> None:
+        self.heads[task] = head
+        self.task_names.append(task)
+        self.width = max(self.width, num_labels)
+
+    def remove(self, task: str, num_labels: dict[str, int]) -> None:
+        del self.heads[task]
+        self.task_names.remove(task)
+        self.width = max(num_labels[t] for t in self.task_names)
+
     def forward(self, hidden: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         state = current_routing()
         if state is None:
@@ -75,6 +85,14 @@ class PerTaskHead(nn.Module):
             x = hidden if rows is None else hidden.index_select(0, rows)
             parts.append((rows, self.heads[self.task_names[t]](x, *args, **kwargs)))
         return pad_logits(parts, hidden.shape[0], self.width, hidden)
+
+
+def tensor_head_logits(pooled: torch.Tensor, weight: torch.Tensor, normalize: bool, scale: float) -> torch.Tensor:
+    """scale · f(pooled) @ f(W)ᵀ, f = L2 normalisation when ``normalize`` (CLIP), identity otherwise."""
+    if normalize:
+        pooled = F.normalize(pooled, dim=-1)
+        weight = F.normalize(weight, dim=-1)
+    return scale * pooled.to(weight.dtype) @ weight.T
 
 
 class TensorHeads(nn.Module):
@@ -90,12 +108,18 @@ class TensorHeads(nn.Module):
         self.logit_scale = logit_scale
         self.width = max(s[0] for s in shapes.values())
 
+    def add(self, task: str, weight: torch.Tensor) -> None:
+        self.weights[task] = nn.Parameter(weight.detach().clone(), requires_grad=False)
+        self.task_names.append(task)
+        self.width = max(self.width, weight.shape[0])
+
+    def remove(self, task: str) -> None:
+        del self.weights[task]
+        self.task_names.remove(task)
+        self.width = max(self.weights[t].shape[0] for t in self.task_names)
+
     def logits_for(self, task: str, pooled: torch.Tensor) -> torch.Tensor:
-        weight = self.weights[task]
-        if self.normalize_features:
-            pooled = F.normalize(pooled, dim=-1)
-            weight = F.normalize(weight, dim=-1)
-        return self.logit_scale * pooled.to(weight.dtype) @ weight.T
+        return tensor_head_logits(pooled, self.weights[task], self.normalize_features, self.logit_scale)
 
     def forward(self, pooled: torch.Tensor, task_ids: torch.Tensor) -> torch.Tensor:
         parts = []

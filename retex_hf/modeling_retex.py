@@ -251,6 +251,18 @@ class RetexPreTrainedModel(CheckedCheckpointMixin, PreTrainedModel):
 
         return export_peft(self, task, directory)
 
+    def add_task(self, name: str, expert, calibration, **kwargs) -> RetexPreTrainedModel:
+        """Add an expert without rebuilding the others (see `retex_hf.builder.tasks.add_task`)."""
+        from .builder.tasks import add_task
+
+        return add_task(self, name, expert, calibration, **kwargs)
+
+    def remove_task(self, name: str) -> RetexPreTrainedModel:
+        """Drop a task's offsets, head and signature; the other tasks are untouched."""
+        from .builder.tasks import remove_task
+
+        return remove_task(self, name)
+
     def retex_storage(self) -> dict[str, int]:
         """Bytes held by each part of the checkpoint, and the total as a multiple of one model."""
         from .export import storage_report

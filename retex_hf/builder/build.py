@@ -11,6 +11,7 @@ import copy
 import inspect
 import tempfile
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from transformers import PreTrainedModel
 from .. import backbones, safety
 from ..configuration_retex import RetexConfig
 from ..data import batches, to_examples
+from ..heads import tensor_head_logits
 from ..merging import merge_tensor, resolve_hparams
 from ..modeling_retex import (
     RetexForConditionalGeneration,
@@ -30,7 +32,7 @@ from ..modeling_retex import (
     RetexPreTrainedModel,
 )
 from ..offsets.activations import collect_input_statistics
-from ..offsets.fit import fit_task_offsets
+from ..offsets.fit import TaskOffsets, fit_task_offsets
 from ..offsets.targets import discover_targets
 from ..recovery.targets import teacher_examples
 from ..routing.context import routing
@@ -229,33 +231,19 @@ def build_retex(
     _copy_heads(model, sources, head, heads)
 
     # 3. Per task, with that expert loaded: calibration batches, signatures, offsets, teacher outputs.
-    pad_id = getattr(skeleton.config, "pad_token_id", None) or 0
     total = sum(backbone.get_parameter(n).numel() for n in names)
     width = max((len(v) for v in config.task_id2label.values()), default=0)
-    features, fitted, examples = {}, {}, []
+    fits: dict[str, ExpertFit] = {}
     for index, task in enumerate(tqdm(tasks, desc="offsets per expert (load, SVD, targets)", disable=quiet)):
-        expert = sources[task].load()
-        calib = [
-            _with_decoder_inputs(expert, b, max_new_tokens) for b in batches(examples_of[task], batch_size, pad_id)
-        ]
-        with routing(None):
-            features[task] = torch.cat([backbones.pool_features(backbone, b) for b in calib])
-        stats = collect_input_statistics(expert, targets.matrices, calib) if activation_aware else {}
-        params = dict(expert.named_parameters())
-        merged = dict(backbone.named_parameters())
-        fitted[task] = fit_task_offsets(
-            {n: params[n].detach().float() - merged[n].float() for n in targets.matrices},
-            {n: params[n].detach().float() - merged[n].float() for n in targets.vectors},
-            int(budget * total),
-            stats,
-        )
-        if recovery_steps > 0:
-            head_fn = (
-                (lambda pooled, task=task: model.heads.logits_for(task, pooled)) if head_type == "tensor" else None
-            )
-            examples += teacher_examples(expert, index, calib, head_type, width, head_fn=head_fn, pad_token_id=pad_id)
-        del expert, params
-        sources[task].close()
+        head_weight = heads[task] if head_type == "tensor" else None
+        fits[task] = fit_expert(
+            model, sources[task], index, examples_of[task], int(budget * total),
+            activation_aware=activation_aware, teacher=recovery_steps > 0, width=width, head_weight=head_weight,
+            batch_size=batch_size, max_new_tokens=max_new_tokens,
+        )  # fmt: skip
+    features = {t: fit.features for t, fit in fits.items()}
+    fitted = {t: fit.offsets for t, fit in fits.items()}
+    examples = [example for fit in fits.values() for example in fit.examples]
 
     # 4. Signatures on the merged model's features.
     smallest = min(f.shape[0] for f in features.values())
@@ -275,11 +263,7 @@ def build_retex(
     model._make_offsets()
     model._make_router()
     for task in tasks:
-        for name, (B, A) in fitted[task].factors.items():
-            model.offsets.matrix(name).A[task].copy_(A)
-            model.offsets.matrix(name).B[task].copy_(B)
-        for name, delta in fitted[task].vectors.items():
-            model.offsets.vector(name).delta[task].copy_(delta)
+        load_offsets(model, task, fitted[task])
     model.router.load_signatures(signatures)
 
     scratch.cleanup()
@@ -292,6 +276,76 @@ def build_retex(
     return model.eval()
 
 
+@dataclass
+class ExpertFit:
+    """What one loaded expert contributes: signature features, offsets, and distillation targets."""
+
+    features: torch.Tensor  # merged-model features of its calibration inputs, for its signature
+    offsets: TaskOffsets
+    examples: list[dict[str, torch.Tensor]]  # teacher outputs for recovery (empty without recovery)
+
+
+def fit_expert(
+    model: RetexPreTrainedModel,
+    source: WeightSource,
+    task_index: int,
+    calibration: list[dict[str, torch.Tensor]],
+    budget_parameters: int,
+    *,
+    activation_aware: bool,
+    teacher: bool,
+    width: int,
+    head_weight: torch.Tensor | None,
+    batch_size: int,
+    max_new_tokens: int,
+) -> ExpertFit:
+    """Load one expert, fit its offsets against the model's current merged weights, then let it go.
+
+    Shared by `build_retex` and `add_task`, so an expert added later is treated exactly like
+    one present at build time.
+    """
+    config, backbone = model.config, model.backbone
+    pad_id = getattr(config.backbone_config, "pad_token_id", None) or 0
+    expert = source.load()
+    calib = [_with_decoder_inputs(expert, b, max_new_tokens) for b in batches(calibration, batch_size, pad_id)]
+    with routing(None):
+        features = torch.cat([backbones.pool_features(backbone, b) for b in calib])
+    targets = config.offset_matrix_targets
+    stats = collect_input_statistics(expert, targets, calib) if activation_aware else {}
+    params = dict(expert.named_parameters())
+    merged = dict(backbone.named_parameters())
+    offsets = fit_task_offsets(
+        {n: params[n].detach().float() - merged[n].float() for n in targets},
+        {n: params[n].detach().float() - merged[n].float() for n in config.offset_vector_targets},
+        budget_parameters,
+        stats,
+    )
+    examples = []
+    if teacher:
+        head_fn = None
+        if head_weight is not None:
+
+            def head_fn(pooled):
+                return tensor_head_logits(pooled, head_weight, config.normalize_features, config.logit_scale)
+
+        examples = teacher_examples(
+            expert, task_index, calib, config.head_type, width, head_fn=head_fn, pad_token_id=pad_id
+        )
+    del expert, params
+    source.close()
+    return ExpertFit(features, offsets, examples)
+
+
+@torch.no_grad()
+def load_offsets(model: RetexPreTrainedModel, task: str, fitted: TaskOffsets) -> None:
+    """Copy one task's fitted factors and vectors into the model's (already shaped) offset bank."""
+    for name, (B, A) in fitted.factors.items():
+        model.offsets.matrix(name).A[task].copy_(A)
+        model.offsets.matrix(name).B[task].copy_(B)
+    for name, delta in fitted.vectors.items():
+        model.offsets.vector(name).delta[task].copy_(delta)
+
+
 def _id2label(task: str, source: WeightSource, head_type: str, heads, id2label) -> dict[int, str]:
     if id2label and task in id2label:
         return {int(k): str(v) for k, v in id2label[task].items()}
@@ -302,14 +356,18 @@ def _id2label(task: str, source: WeightSource, head_type: str, heads, id2label) 
     return {}
 
 
+def load_head_module(module: torch.nn.Module, source: WeightSource, head: str, task: str) -> None:
+    """Fill one task's head module with the expert's own head tensors (never merged)."""
+    for key, param in module.state_dict(keep_vars=True).items():
+        value = source.get(f"{head}.{key}")
+        if value is None or value.shape != param.shape:
+            raise ValueError(f"expert {task!r} head tensor {head}.{key} is missing or has another shape")
+        param.copy_(value)
+
+
 def _copy_heads(model, sources: Mapping[str, WeightSource], head: str | None, heads) -> None:
     for task, source in sources.items():
         if head:
-            module = getattr(model.backbone, head).heads[task]
-            for key, param in module.state_dict(keep_vars=True).items():
-                value = source.get(f"{head}.{key}")
-                if value is None or value.shape != param.shape:
-                    raise ValueError(f"expert {task!r} head tensor {head}.{key} is missing or has another shape")
-                param.copy_(value)
+            load_head_module(getattr(model.backbone, head).heads[task], source, head, task)
         elif heads:
             model.heads.weights[task].copy_(heads[task])

@@ -73,18 +73,21 @@ def recover(
     seed: int = 0,
     quiet: bool = True,
     output_dir: str | None = None,
+    tasks: list[str] | None = None,
     **training_args,
 ) -> list[dict]:
     """Distil the experts into the offsets for ``steps`` optimiser steps; returns the loss log.
 
     ``examples`` come from `teacher_examples`: model inputs, the task index and the expert's
-    output on them, computed while each expert was loaded.
+    output on them, computed while each expert was loaded. ``tasks`` limits training to those
+    tasks' offsets (`add_task` trains the new task's alone, leaving the others bit-identical).
     """
     pad_id = getattr(model.config.backbone_config, "pad_token_id", None) or 0
     scratch = tempfile.TemporaryDirectory(prefix="retex-recovery-")  # Trainer wants a directory; nothing is saved
     trainable = {name for name, p in model.named_parameters() if p.requires_grad}
     for name, param in model.named_parameters():
-        param.requires_grad_(name.startswith("offsets."))
+        # Offset parameters end in their task's name (ParameterDict keys): `tasks` limits training to those.
+        param.requires_grad_(name.startswith("offsets.") and (tasks is None or name.rsplit(".", 1)[-1] in tasks))
     args = TrainingArguments(
         output_dir=output_dir or scratch.name,
         max_steps=steps,

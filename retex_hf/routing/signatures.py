@@ -111,8 +111,18 @@ class SubspaceRouter(nn.Module):
             self.bases.zero_()
             for t, sig in enumerate(signatures):
                 self.means[t].copy_(sig.mean)
-                self.bases[t, :, : sig.basis.shape[1]].copy_(sig.basis)  # zero columns project nothing
+                k = min(sig.basis.shape[1], self.bases.shape[2])
+                if sig.basis[:, k:].abs().sum() > 0:
+                    raise ValueError(f"signature {t} has {sig.basis.shape[1]} components; the router holds {k}")
+                self.bases[t, :, :k].copy_(sig.basis[:, :k])  # zero columns project nothing
                 self.thresholds[t] = sig.threshold
+
+    def signatures(self) -> list[Signature]:
+        """The stored signatures, one per task (bases keep their zero padding columns)."""
+        return [
+            Signature(self.means[t].clone(), self.bases[t].clone(), float(self.thresholds[t]))
+            for t in range(self.means.shape[0])
+        ]
 
     def residuals(self, features: torch.Tensor) -> torch.Tensor:
         return subspace_residuals(features, self.means, self.bases)
