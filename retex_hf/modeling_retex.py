@@ -251,6 +251,12 @@ class RetexPreTrainedModel(CheckedCheckpointMixin, PreTrainedModel):
 
         return export_peft(self, task, directory)
 
+    def set_trainable(self, task: str, head: bool = True, merged_weights: bool = False) -> list[str]:
+        """Train only ``task``'s offsets (and head) with `Trainer`; see `retex_hf.finetuning`."""
+        from .finetuning import set_trainable
+
+        return set_trainable(self, task, head, merged_weights)
+
     def add_task(self, name: str, expert, calibration, **kwargs) -> RetexPreTrainedModel:
         """Add an expert without rebuilding the others (see `retex_hf.builder.tasks.add_task`)."""
         from .builder.tasks import add_task
@@ -285,8 +291,15 @@ def _model_inputs(**kwargs) -> dict:
 class RetexModel(RetexPreTrainedModel):
     """The routed backbone without heads; `AutoModel` loads any ReTeX checkpoint as its saved class."""
 
-    def forward(self, task: TaskSpec = None, **inputs) -> RetexOutput:
-        inputs = _model_inputs(**inputs)
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        task: TaskSpec = None,
+        **kwargs,
+    ) -> RetexOutput:
+        inputs = _model_inputs(input_ids=input_ids, attention_mask=attention_mask, pixel_values=pixel_values, **kwargs)
         state, info = self.route(inputs, task)
         with routing(state):
             out = self.backbone(**inputs, return_dict=True)
@@ -307,8 +320,26 @@ def _classification_loss(logits: torch.Tensor, labels: torch.Tensor | None) -> t
 
 
 class RetexForSequenceClassification(RetexPreTrainedModel):
-    def forward(self, labels: torch.Tensor | None = None, task: TaskSpec = None, **inputs) -> RetexOutput:
-        inputs = _model_inputs(**inputs)
+    # Named inputs (not only **kwargs) so that Trainer's remove_unused_columns keeps them.
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        task: TaskSpec = None,
+        **kwargs,
+    ) -> RetexOutput:
+        inputs = _model_inputs(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            **kwargs,
+        )
         state, info = self.route(inputs, task)
         with routing(state):
             out = self.backbone(**inputs, return_dict=True)
@@ -358,8 +389,23 @@ class RetexForConditionalGeneration(RetexPreTrainedModel, transformers.Generatio
         super().__init__(config)
         self.generation_config = self.backbone.generation_config
 
-    def forward(self, labels: torch.Tensor | None = None, task: TaskSpec = None, **inputs) -> RetexSeq2SeqOutput:
-        inputs = _model_inputs(**inputs)
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        decoder_input_ids: torch.Tensor | None = None,
+        decoder_attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        task: TaskSpec = None,
+        **kwargs,
+    ) -> RetexSeq2SeqOutput:
+        inputs = _model_inputs(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            decoder_input_ids=decoder_input_ids,
+            decoder_attention_mask=decoder_attention_mask,
+            **kwargs,
+        )
         state, info = self.route(inputs, task)
         with routing(state):
             out = self.backbone(**inputs, labels=labels, return_dict=True)
