@@ -23,11 +23,12 @@ from safetensors import SafetensorError
 
 from .safety import CHECKSUM_FILE, CheckpointError, verify_checksums, write_checksums
 
-# The code files a checkpoint ships for trust_remote_code, and the Auto classes its config maps to them.
-# AutoModel maps to RetexModel, which loads a checkpoint as the class it was saved as.
-REMOTE_CODE_FILES = ("modeling_retex.py", "configuration_retex.py")
+# The code file a checkpoint ships for trust_remote_code (`retex_hf.remote_code`: one file, config
+# included), and the Auto classes its config maps to it. AutoModel maps to RetexModel, which loads a
+# checkpoint as the class it was saved as.
+REMOTE_CODE_FILES = ("modeling_retex.py",)
 REMOTE_AUTO_MAP = {
-    "AutoConfig": "configuration_retex.RetexConfig",
+    "AutoConfig": "modeling_retex.RetexConfig",
     "AutoModel": "modeling_retex.RetexModel",
     "AutoModelForSequenceClassification": "modeling_retex.RetexForSequenceClassification",
     "AutoModelForImageClassification": "modeling_retex.RetexForImageClassification",
@@ -111,8 +112,8 @@ class CheckedCheckpointMixin:
         Files already in ``save_directory`` that the save does not rewrite (a tokenizer, a model card)
         are kept; weight files are checksummed (`retex_hf.safety.CHECKSUM_FILE`).
 
-        ``remote_code``: write ``modeling_retex.py`` + ``configuration_retex.py`` and an ``auto_map``
-        (default: after `register_for_auto_class`, and always within `push_to_hub`).
+        ``remote_code``: write ``modeling_retex.py`` (`retex_hf.remote_code`) and an ``auto_map``
+        (default: after `register_for_auto_class`, and within `push_to_hub` unless it says otherwise).
         ``push_to_hub=True`` uploads the finished directory, checksums and code included."""
         target = Path(os.fspath(save_directory)).absolute()
         if target.exists() and not target.is_dir():

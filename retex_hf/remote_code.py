@@ -5,10 +5,12 @@ same-folder relative imports (``from .x import y``). Our inference code spans se
 (``routing/``, ``offsets/``, ...), so that copy would be incomplete. Instead the bundle is
 *generated* from the package's own source at save time, so there is one source of truth:
 
-- ``configuration_retex.py`` is copied as it is (it imports nothing from the package);
-- ``modeling_retex.py`` is every module that `retex_hf.modeling_retex` needs for inference,
-  found by following its imports, concatenated in dependency order with the intra-package imports
-  removed (``ast`` finds them; the text around them, comments included, is kept).
+``modeling_retex.py`` is every module that `retex_hf.modeling_retex` needs for inference, the
+configuration included, found by following its imports and concatenated in dependency order with
+the intra-package imports removed (``ast`` finds them; the text around them, comments included, is
+kept). One file, not a separate ``configuration_retex.py``: transformers loads the config and the
+model classes from per-file-hash module folders, and two copies of `RetexConfig` would make
+``isinstance(config, RetexConfig)`` fail in `RetexModel.from_pretrained`.
 
 A module that needs a package other than torch, transformers, safetensors, huggingface_hub or the
 standard library (e.g. `retex_hf.peft_export` needs peft) stays out of the bundle: a function that
@@ -28,20 +30,9 @@ from pathlib import Path
 
 PACKAGE = "retex_hf"
 ROOT_MODULE = f"{PACKAGE}.modeling_retex"
-CONFIG_MODULE = f"{PACKAGE}.configuration_retex"
 MODELING_FILE = "modeling_retex.py"
-CONFIG_FILE = "configuration_retex.py"
 # Third-party packages the bundle may import: transformers' own dependencies (check_imports demands them).
 ALLOWED_PACKAGES = frozenset({"torch", "transformers", "safetensors", "huggingface_hub"})
-# Class names per Auto class; AutoModel maps to RetexModel, which loads a checkpoint as the class it was saved as.
-AUTO_MAP = {
-    "AutoConfig": f"{Path(CONFIG_FILE).stem}.RetexConfig",
-    "AutoModel": f"{Path(MODELING_FILE).stem}.RetexModel",
-    "AutoModelForSequenceClassification": f"{Path(MODELING_FILE).stem}.RetexForSequenceClassification",
-    "AutoModelForImageClassification": f"{Path(MODELING_FILE).stem}.RetexForImageClassification",
-    "AutoModelForSeq2SeqLM": f"{Path(MODELING_FILE).stem}.RetexForConditionalGeneration",
-}
-CODE_FILES = (MODELING_FILE, CONFIG_FILE)
 
 
 class RemoteCodeError(RuntimeError):
@@ -126,7 +117,7 @@ def _collect() -> list[_Module]:
     todo = [ROOT_MODULE]
     while todo:
         name = todo.pop()
-        if name in found or name in excluded or name == CONFIG_MODULE:
+        if name in found or name in excluded:
             continue
         module = _parse(name)
         missing = _missing_packages(module)
@@ -227,13 +218,11 @@ def _rewrite(module: _Module, bundled: set[str]) -> str:
         if isinstance(node, ast.Import):
             raise RemoteCodeError(f"{module.name} line {node.lineno}: use `from . import x`, not `import {PACKAGE}.x`")
         new = []
-        if target in bundled or target == CONFIG_MODULE:
+        if target in bundled:
             for alias in node.names:
                 if alias.name == "*":
                     raise RemoteCodeError(f"{module.name} line {node.lineno}: star imports cannot be flattened")
-                if target == CONFIG_MODULE:
-                    new.append(f"from .{Path(CONFIG_FILE).stem} import {alias.name} as {alias.asname or alias.name}")
-                elif node.module is None:  # from . import backbones: a namespace of that module's names
+                if node.module is None:  # from . import backbones: a namespace of that module's names
                     new.append(f"{alias.asname or alias.name} = _namespace({target!r})")
                 elif alias.asname and alias.asname != alias.name:
                     new.append(f"{alias.asname} = {alias.name}")
@@ -295,20 +284,8 @@ def build_modeling_source() -> str:
     return source
 
 
-def build_config_source() -> str:
-    module = _parse(CONFIG_MODULE)
-    if module.imports:
-        node, target, _ = module.imports[0]
-        raise RemoteCodeError(f"{CONFIG_MODULE} line {node.lineno} imports {target}: the config must stand alone")
-    return module.source
-
-
 def write_remote_code(directory: str | Path) -> list[Path]:
-    """Write the bundle's two files into ``directory``; returns their paths."""
-    directory = Path(directory)
-    written = []
-    for name, source in ((MODELING_FILE, build_modeling_source()), (CONFIG_FILE, build_config_source())):
-        path = directory / name
-        path.write_text(source, encoding="utf-8")
-        written.append(path)
-    return written
+    """Write the bundle into ``directory``; returns the paths written."""
+    path = Path(directory) / MODELING_FILE
+    path.write_text(build_modeling_source(), encoding="utf-8")
+    return [path]

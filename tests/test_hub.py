@@ -1,78 +1,25 @@
 """Sharing on the Hub: `push_to_hub`, `from_pretrained(repo_id)` and `retex-hf push`, round trips
 against the loopback Hub server of `hub_server.py`.
 
-huggingface_hub reads HF_ENDPOINT when it is imported, and this test session imported it long ago
-with HF_HUB_OFFLINE=1 (conftest), so every Hub client here runs in a subprocess whose environment
-points at the server. The test process checks what arrived by reading the server's store.
+Every Hub client runs in a subprocess pointed at the server (`hub_clients.py` says why); the test
+process checks what arrived by reading the server's store.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 import torch
+from hub_clients import assert_same_outputs, run_client, save_reference
 from hub_server import HubServer, client_env
-from safetensors.torch import save_file
 from tiny_models import tiny_text
 from transformers import BertTokenizer
 
 import retex_hf
 from retex_hf.cli import main
 from retex_hf.safety import CHECKSUM_FILE, CheckpointError
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
-# Runs first in every client: one thread (as in the tests), the reference batch, and a comparison.
-PRELUDE = textwrap.dedent(
-    """
-    import json, sys
-    import torch
-    from safetensors.torch import load_file
-    torch.set_num_threads(1)
-    ref = load_file(sys.argv[1]) if len(sys.argv) > 1 else None
-    batch = {"input_ids": ref["input_ids"], "attention_mask": ref["attention_mask"]} if ref else None
-
-    def compare(model):
-        with torch.no_grad():
-            out = model(**batch)
-        finite = torch.isfinite(ref["logits"])
-        return {
-            "class": type(model).__name__,
-            "module": type(model).__module__,
-            "same_padding": bool(torch.equal(torch.isfinite(out.logits), finite)),
-            "max_abs_diff": float((out.logits[finite] - ref["logits"][finite]).abs().max()),
-            "same_task_ids": bool(torch.equal(out.task_ids, ref["task_ids"])),
-        }
-    """
-)
-
-
-def run_client(code: str, reference: Path | None, env: dict[str, str], timeout: int = 300) -> dict:
-    """Run ``PRELUDE + code`` in a fresh interpreter; it prints one JSON line last, which is returned."""
-    full_env = {**os.environ, **env, "PYTHONPATH": str(REPO_ROOT), "TRANSFORMERS_VERBOSITY": "error"}
-    proc = subprocess.run(
-        [sys.executable, "-c", PRELUDE + textwrap.dedent(code), *([str(reference)] if reference else [])],
-        env=full_env,
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        stdin=subprocess.DEVNULL,
-    )
-    assert proc.returncode == 0, f"client failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-5000:]}"
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def assert_same_outputs(result: dict, cls: str = "RetexForSequenceClassification") -> None:
-    assert result["class"] == cls
-    assert result["same_padding"] and result["same_task_ids"]
-    assert result["max_abs_diff"] <= 1e-6, result
 
 
 def write_tokenizer(directory: Path) -> BertTokenizer:
@@ -104,11 +51,9 @@ def checkpoint(tmp_path_factory):
     write_tokenizer(directory)
     (directory / "README.md").write_text("---\nlibrary_name: transformers\ntags: [retex]\n---\n# tiny ReTeX\n")
     batch = {k: torch.cat([inputs(0, 3, 7)[k], inputs(1, 3, 7)[k]]) for k in ("input_ids", "attention_mask")}
-    with torch.no_grad():
-        out = model(**batch)
-    assert set(out.task_ids.tolist()) == {0, 1}  # routed to both tasks: rows padded with -inf and rows not
     reference = root / "reference.safetensors"
-    save_file({**batch, "logits": out.logits, "task_ids": out.task_ids}, reference)
+    out = save_reference(model, batch, reference)
+    assert set(out.task_ids.tolist()) == {0, 1}  # routed to both tasks: rows padded with -inf and rows not
     return directory, reference
 
 
@@ -121,11 +66,11 @@ def test_push_to_hub_then_from_pretrained_repo_id(hub, checkpoint, tmp_path):
     commit = model.push_to_hub("user/tiny-retex", commit_message="first version")
     results = {"commit": commit.oid}
     for name, loader in (("auto", AutoModel), ("retex", retex_hf.RetexModel)):
-        results[name] = compare(loader.from_pretrained("user/tiny-retex"))
-    print(json.dumps(results))
+        results[name] = compare(loader.from_pretrained("user/tiny-retex"), REFERENCE)
+    emit(results)
     """
-    code = code.replace("sys.argv[2]", repr(str(directory)))
-    result = run_client(code, reference, client_env(hub.url, tmp_path / "hf-home"))
+    code = code.replace("sys.argv[2]", repr(str(directory))).replace("REFERENCE", repr(str(reference)))
+    result = run_client(code, client_env(hub.url, tmp_path / "hf-home"))
     assert_same_outputs(result["auto"])
     assert_same_outputs(result["retex"])
     files = hub.store.files("model", "user/tiny-retex")
@@ -134,7 +79,7 @@ def test_push_to_hub_then_from_pretrained_repo_id(hub, checkpoint, tmp_path):
     assert files["model.safetensors"] == (directory / "model.safetensors").read_bytes()
     assert files[CHECKSUM_FILE] == (directory / CHECKSUM_FILE).read_bytes()
     # push_to_hub ships the model code by default (see test_remote_code.py for loading it without retex_hf).
-    assert {"modeling_retex.py", "configuration_retex.py"} <= set(files)
+    assert "modeling_retex.py" in files
     assert json.loads(files["config.json"])["auto_map"]["AutoModel"] == "modeling_retex.RetexModel"
     repo = hub.store.load("model", "user/tiny-retex")
     assert repo["commits"][result["commit"]]["message"] == "first version"
@@ -156,18 +101,18 @@ def test_tampered_weights_on_the_hub_are_refused(hub, checkpoint, tmp_path):
     api.upload_folder(repo_id="user/tampered", folder_path=DIRECTORY)
     api.create_branch("user/tampered", branch="bad")
     api.upload_file(repo_id="user/tampered", path_or_fileobj=TAMPERED, path_in_repo="model.safetensors", revision="bad")
-    good = compare(AutoModel.from_pretrained("user/tampered"))
+    good = compare(AutoModel.from_pretrained("user/tampered"), REFERENCE)
     try:
         AutoModel.from_pretrained("user/tampered", revision="bad")
         error = None
     except retex_hf.CheckpointError as exc:
         error = str(exc)
-    print(json.dumps({"good": good, "error": error}))
+    emit({"good": good, "error": error})
     """
-    code = code.replace("DIRECTORY", repr(str(directory))).replace(
-        "TAMPERED", repr(str(tmp_path / "tampered.safetensors"))
-    )
-    result = run_client(code, reference, client_env(hub.url, tmp_path / "hf-home"))
+    values = {"DIRECTORY": directory, "TAMPERED": tmp_path / "tampered.safetensors", "REFERENCE": reference}
+    for name, value in values.items():
+        code = code.replace(name, repr(str(value)))
+    result = run_client(code, client_env(hub.url, tmp_path / "hf-home"))
     assert_same_outputs(result["good"])
     assert result["error"] is not None and "model.safetensors is truncated or corrupted" in result["error"]
 
@@ -182,9 +127,10 @@ def test_cli_push_uploads_the_directory_as_it_is(hub, checkpoint, tmp_path):
     model = AutoModel.from_pretrained("user/cli-retex", revision="dev")
     tokenizer = AutoTokenizer.from_pretrained("user/cli-retex", revision="dev")
     ids = tokenizer("tok1 tok2 tok40")["input_ids"]
-    print(json.dumps({"outputs": compare(model), "ids": ids}))
+    emit({"outputs": compare(model, REFERENCE), "ids": ids})
     """
-    result = run_client(code.replace("DIRECTORY", repr(str(directory))), reference, client_env(hub.url, tmp_path / "h"))
+    code = code.replace("DIRECTORY", repr(str(directory))).replace("REFERENCE", repr(str(reference)))
+    result = run_client(code, client_env(hub.url, tmp_path / "h"))
     assert_same_outputs(result["outputs"])
     assert result["ids"] == [2, 6, 7, 45, 3]  # [CLS] tok1 tok2 tok40 [SEP]: the tokenizer went up too
     repo = hub.store.load("model", "user/cli-retex", token="t")
@@ -198,9 +144,9 @@ def test_cli_push_uploads_the_directory_as_it_is(hub, checkpoint, tmp_path):
             assert files[name] == content, f"{name} changed on the way up"
     # The directory was saved without code: the CLI adds it, and only the auto_map to config.json.
     uploaded_config, local_config = json.loads(files["config.json"]), json.loads(local["config.json"])
-    assert uploaded_config.pop("auto_map")["AutoConfig"] == "configuration_retex.RetexConfig"
+    assert uploaded_config.pop("auto_map")["AutoConfig"] == "modeling_retex.RetexConfig"
     assert uploaded_config == local_config
-    assert set(files) == set(local) | {".gitattributes", "modeling_retex.py", "configuration_retex.py"}
+    assert set(files) == set(local) | {".gitattributes", "modeling_retex.py"}
 
 
 def test_cli_push_refuses_what_it_should_not_publish(checkpoint, tmp_path, capsys):
@@ -242,9 +188,9 @@ def test_hub_server_rejects_what_the_hub_rejects(hub, tmp_path):
             errors[name] = None
         except HfHubHTTPError as exc:
             errors[name] = [type(exc).__name__, exc.response.status_code]
-    print(json.dumps(errors))
+    emit(errors)
     """
-    errors = run_client(code, None, client_env(hub.url, tmp_path / "h"), timeout=120)
+    errors = run_client(code, client_env(hub.url, tmp_path / "h"), timeout=120)
     assert errors["no_token"][1] == 401
     assert errors["no_branch"] == ["RevisionNotFoundError", 404]
     assert errors["no_repo"] == ["RepositoryNotFoundError", 404]

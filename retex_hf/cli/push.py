@@ -7,7 +7,7 @@ Every file of the directory goes up byte for byte (config, safetensors, retex_ch
 tokenizer or image processor, model card); the weights are checked against their checksums
 first, so a corrupted checkpoint is never published. The repo is created if needed. Unless
 --no-remote-code is given, a directory saved without the model code gets it added in the same
-commit (modeling_retex.py, configuration_retex.py, and an auto_map in the uploaded config.json),
+commit (modeling_retex.py and an auto_map in the uploaded config.json),
 so that machines without retex_hf load it with trust_remote_code=True.
 """
 
