@@ -113,8 +113,9 @@ class CheckedCheckpointMixin:
         are kept; weight files are checksummed (`retex_hf.safety.CHECKSUM_FILE`).
 
         ``remote_code``: write ``modeling_retex.py`` (`retex_hf.remote_code`) and an ``auto_map``
-        (default: after `register_for_auto_class`, and within `push_to_hub` unless it says otherwise).
-        ``push_to_hub=True`` uploads the finished directory, checksums and code included."""
+        (default: after `register_for_auto_class`, and when pushing to the Hub).
+        ``push_to_hub=True`` (with ``repo_id``, ``private``, ``revision``, ``commit_message``,
+        ``create_pr``, ``token``) uploads the finished directory, checksums and code included."""
         target = Path(os.fspath(save_directory)).absolute()
         if target.exists() and not target.is_dir():
             raise OSError(f"{target} exists and is not a directory")
@@ -122,7 +123,7 @@ class CheckedCheckpointMixin:
         hub = {
             k: kwargs.pop(k) for k in ("repo_id", "commit_message", "create_pr", "private", "revision") if k in kwargs
         }
-        ships_code = self._ships_code(remote_code)
+        ships_code = self._ships_code(True if remote_code is None and push else remote_code)
         target.parent.mkdir(parents=True, exist_ok=True)
         staging = target.parent / f".{target.name}.retex-save-{uuid.uuid4().hex[:12]}"
         staging.mkdir()  # not mkdtemp: the checkpoint keeps the umask's permissions, not 0700

@@ -65,11 +65,14 @@ def test_push_to_hub_then_from_pretrained_repo_id(hub, checkpoint, tmp_path):
     model = retex_hf.RetexModel.from_pretrained(sys.argv[2])
     commit = model.push_to_hub("user/tiny-retex", commit_message="first version")
     results = {"commit": commit.oid}
+    model.save_pretrained(VIA_SAVE, push_to_hub=True, repo_id="user/via-save", commit_message="saved and pushed")
     for name, loader in (("auto", AutoModel), ("retex", retex_hf.RetexModel)):
         results[name] = compare(loader.from_pretrained("user/tiny-retex"), REFERENCE)
     emit(results)
     """
-    code = code.replace("sys.argv[2]", repr(str(directory))).replace("REFERENCE", repr(str(reference)))
+    values = {"sys.argv[2]": directory, "REFERENCE": reference, "VIA_SAVE": tmp_path / "via-save"}
+    for name, value in values.items():
+        code = code.replace(name, repr(str(value)))
     result = run_client(code, client_env(hub.url, tmp_path / "hf-home"))
     assert_same_outputs(result["auto"])
     assert_same_outputs(result["retex"])
@@ -83,6 +86,11 @@ def test_push_to_hub_then_from_pretrained_repo_id(hub, checkpoint, tmp_path):
     assert json.loads(files["config.json"])["auto_map"]["AutoModel"] == "modeling_retex.RetexModel"
     repo = hub.store.load("model", "user/tiny-retex")
     assert repo["commits"][result["commit"]]["message"] == "first version"
+    # save_pretrained(push_to_hub=True) uploads the finished directory: what is on disk is what is on the Hub.
+    saved = {p.name: p.read_bytes() for p in (tmp_path / "via-save").iterdir()}
+    assert {CHECKSUM_FILE, "modeling_retex.py", "model.safetensors"} <= set(saved)
+    pushed = hub.store.files("model", "user/via-save")
+    assert {name: pushed[name] for name in saved} == saved
 
 
 def test_tampered_weights_on_the_hub_are_refused(hub, checkpoint, tmp_path):
