@@ -7,7 +7,7 @@ next to normalised accuracy because, unlike it, fidelity cannot exceed 100 % by 
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 
 import torch
@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from transformers import PreTrainedModel
 
 from . import backbones
+from .distributed import on_rows
 from .modeling_retex import RetexPreTrainedModel
 
 
@@ -27,10 +28,21 @@ class HeadSpec:
     normalize: bool = False
 
 
-def _slices(inputs: Mapping[str, torch.Tensor], batch_size: int):
+def trim(batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Drop the columns that are padding in every row of a token batch (no-op for images): a
+    batch sliced from a split sorted by length then costs what its tokens cost."""
+    mask = batch.get("attention_mask")
+    if mask is None or mask.dim() != 2:
+        return dict(batch)
+    length = max(1, int(mask.sum(dim=1).max()))
+    return {k: (v[:, :length] if v.dim() == 2 and v.shape[1] == mask.shape[1] else v) for k, v in batch.items()}
+
+
+def slices(inputs: Mapping[str, torch.Tensor], batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
+    """Consecutive batches of ``batch_size`` rows, each trimmed of all-padding columns."""
     n = next(iter(inputs.values())).shape[0]
     for start in range(0, n, batch_size):
-        yield {k: v[start : start + batch_size] for k, v in inputs.items()}
+        yield trim({k: v[start : start + batch_size] for k, v in inputs.items()})
 
 
 @torch.no_grad()
@@ -39,7 +51,7 @@ def plain_logits(
 ) -> torch.Tensor:
     """Logits of a plain transformers classifier, or of a tower followed by a tensor head."""
     parts = []
-    for batch in _slices(inputs, batch_size):
+    for batch in slices(inputs, batch_size):
         out = model(**batch, return_dict=True)
         if head is None:
             parts.append(out.logits.float())
@@ -57,7 +69,7 @@ def retex_logits(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(logits, routed task ids, unknown flags), routing each sample unless ``task`` is given."""
     logits, ids, unknown = [], [], []
-    for batch in _slices(inputs, batch_size):
+    for batch in slices(inputs, batch_size):
         out = model(**batch, task=task)
         logits.append(out.logits.float())
         ids.append(out.task_ids)
@@ -109,12 +121,13 @@ def evaluate_classification(
     for task, inputs in test.items():
         index = model.task_index(task)
         head = heads.get(task) if heads else None
-        routed, task_ids, unknown = retex_logits(model, inputs, batch_size=batch_size)
-        given, _, _ = retex_logits(model, inputs, task=task, batch_size=batch_size)
+        # Under `accelerate launch` the rows are shared out and gathered back (`distributed.on_rows`).
+        routed, task_ids, unknown = on_rows(lambda rows: retex_logits(model, rows, batch_size=batch_size), inputs)
+        given, _, _ = on_rows(lambda rows: retex_logits(model, rows, task=task, batch_size=batch_size), inputs)
         routed_pred, truth = routed.argmax(-1), labels[task]
         expert_acc = merged_acc = fidelity = normalized = None
         if experts is not None:
-            expert_pred = plain_logits(experts[task], inputs, head, batch_size).argmax(-1)
+            expert_pred = on_rows(lambda rows: plain_logits(experts[task], rows, head, batch_size), inputs).argmax(-1)
             expert_acc = _accuracy(expert_pred, truth)
             fidelity = _accuracy(routed_pred, expert_pred, metric="fidelity")
             normalized = _accuracy(routed_pred, truth) / max(expert_acc, 1e-12)
@@ -123,7 +136,8 @@ def evaluate_classification(
             else:
                 shared_merged = shared_merged or model.materialize_merged()
                 merged = shared_merged
-            merged_acc = _accuracy(plain_logits(merged, inputs, head, batch_size).argmax(-1), truth)
+            merged_pred = on_rows(lambda rows: plain_logits(merged, rows, head, batch_size), inputs).argmax(-1)
+            merged_acc = _accuracy(merged_pred, truth)
         reports.append(
             TaskReport(
                 task=task,
