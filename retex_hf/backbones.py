@@ -63,7 +63,7 @@ def body_inputs(model: PreTrainedModel, inputs: Mapping[str, torch.Tensor]) -> d
 def masked_mean(hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
     if attention_mask is None:
         return hidden.mean(dim=1)
-    mask = attention_mask.to(hidden.dtype).unsqueeze(-1)
+    mask = attention_mask.to(hidden.device, hidden.dtype).unsqueeze(-1)
     return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp_min(1.0)
 
 

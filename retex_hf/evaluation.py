@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -122,12 +123,14 @@ def evaluate_classification(
         index = model.task_index(task)
         head = heads.get(task) if heads else None
         # Under `accelerate launch` the rows are shared out and gathered back (`distributed.on_rows`).
-        routed, task_ids, unknown = on_rows(lambda rows: retex_logits(model, rows, batch_size=batch_size), inputs)
-        given, _, _ = on_rows(lambda rows: retex_logits(model, rows, task=task, batch_size=batch_size), inputs)
+        routed, task_ids, unknown = on_rows(partial(retex_logits, model, batch_size=batch_size), inputs)
+        given, _, _ = on_rows(partial(retex_logits, model, task=task, batch_size=batch_size), inputs)
         routed_pred, truth = routed.argmax(-1), labels[task]
         expert_acc = merged_acc = fidelity = normalized = None
         if experts is not None:
-            expert_pred = on_rows(lambda rows: plain_logits(experts[task], rows, head, batch_size), inputs).argmax(-1)
+            expert_pred = on_rows(
+                partial(plain_logits, experts[task], head=head, batch_size=batch_size), inputs
+            ).argmax(-1)
             expert_acc = _accuracy(expert_pred, truth)
             fidelity = _accuracy(routed_pred, expert_pred, metric="fidelity")
             normalized = _accuracy(routed_pred, truth) / max(expert_acc, 1e-12)
@@ -136,7 +139,7 @@ def evaluate_classification(
             else:
                 shared_merged = shared_merged or model.materialize_merged()
                 merged = shared_merged
-            merged_pred = on_rows(lambda rows: plain_logits(merged, rows, head, batch_size), inputs).argmax(-1)
+            merged_pred = on_rows(partial(plain_logits, merged, head=head, batch_size=batch_size), inputs).argmax(-1)
             merged_acc = _accuracy(merged_pred, truth)
         reports.append(
             TaskReport(

@@ -81,7 +81,7 @@ class PerTaskHead(nn.Module):
             return self.heads[self.task_names[0]](hidden, *args, **kwargs)
         state = state.rows_for(hidden.shape[0])
         parts = []
-        for t, rows in _task_groups(state.task_ids, len(self.task_names)):
+        for t, rows in _task_groups(state.task_ids.to(hidden.device), len(self.task_names)):
             x = hidden if rows is None else hidden.index_select(0, rows)
             parts.append((rows, self.heads[self.task_names[t]](x, *args, **kwargs)))
         return pad_logits(parts, hidden.shape[0], self.width, hidden)
@@ -123,7 +123,8 @@ class TensorHeads(nn.Module):
 
     def forward(self, pooled: torch.Tensor, task_ids: torch.Tensor) -> torch.Tensor:
         parts = []
-        for t, rows in _task_groups(task_ids, len(self.task_names)):
+        pooled = pooled.to(self.weights[self.task_names[0]].device)  # the backbone may end on another device
+        for t, rows in _task_groups(task_ids.to(pooled.device), len(self.task_names)):
             x = pooled if rows is None else pooled.index_select(0, rows)
             parts.append((rows, self.logits_for(self.task_names[t], x)))
         return pad_logits(parts, pooled.shape[0], self.width, pooled)

@@ -24,6 +24,7 @@ from .configuration_retex import RetexConfig
 from .heads import PerTaskHead, TensorHeads, resize_head
 from .offsets.bank import LowRankOffset, OffsetBank, VectorOffset
 from .offsets.hooks import install_offset_hooks
+from .placement import resolve_device_map
 from .routing.context import RoutingState, current_routing, routing
 from .routing.signatures import SubspaceRouter
 
@@ -78,6 +79,8 @@ class RetexPreTrainedModel(CheckedCheckpointMixin, PreTrainedModel):
     supports_gradient_checkpointing = True
     # forward() returns a mean loss: Trainer must not rescale it for gradient accumulation.
     accepts_loss_kwargs = False
+    # Units accelerate must keep whole under device_map (the backbone's own are added by post_init).
+    _no_split_modules = ["LowRankOffset", "VectorOffset", "SubspaceRouter", "TensorHeads", "PerTaskHead"]
 
     def __init__(self, config: RetexConfig):
         super().__init__(config)
@@ -175,6 +178,7 @@ class RetexPreTrainedModel(CheckedCheckpointMixin, PreTrainedModel):
             target = cls._architecture_class(config)
             if target is not cls:
                 return target.from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        kwargs = resolve_device_map(cls, pretrained_model_name_or_path, kwargs)  # offsets, router, heads resident
         return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
 
     @classmethod
@@ -216,7 +220,7 @@ class RetexPreTrainedModel(CheckedCheckpointMixin, PreTrainedModel):
             ids = ids.to(device)
             codes = torch.nn.functional.one_hot(ids, num_tasks).float()
             return RoutingState(codes, ids), {"unknown": torch.zeros(batch, dtype=torch.bool, device=device)}
-        features = self.route_features(inputs)
+        features = self.route_features(inputs).to(device)  # the backbone may end on another device
         residuals = self.router.residuals(features)
         task_ids, soft, unknown = self.router.route(features, self.config.router_temperature)
         codes = torch.nn.functional.one_hot(task_ids, num_tasks).float()

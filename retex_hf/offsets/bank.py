@@ -89,7 +89,7 @@ class VectorOffset(nn.Module):
     def per_sample(self, codes: torch.Tensor, task_names: list[str]) -> torch.Tensor:
         """[batch, *shape]: each sample's code-weighted offset."""
         stacked = torch.stack([self.delta[t] for t in task_names])  # [T, *shape]
-        return torch.einsum("bt,t...->b...", codes.to(stacked.dtype), stacked)
+        return torch.einsum("bt,t...->b...", codes.to(stacked.device, stacked.dtype), stacked)
 
     def num_parameters(self, task: str) -> int:
         return self.delta[task].numel() if task in self.delta else 0

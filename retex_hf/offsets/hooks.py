@@ -25,9 +25,12 @@ def _add_low_rank(
     present = [j for j in state.active if task_names[j] in offset.A]
     if not present:
         return output
-    weights = state.codes[:, present]
-    delta = apply(x, [task_names[j] for j in present], weights)
-    return output + delta.to(output.dtype)
+    # Under a device_map the layer input, the routing codes and the offset may sit on different
+    # devices: compute where the offset lives, add where the layer's output lives.
+    home = offset.A[task_names[present[0]]].device
+    weights = state.codes[:, present].to(home)
+    delta = apply(x.to(home), [task_names[j] for j in present], weights)
+    return output + delta.to(output.device, output.dtype)
 
 
 def _broadcast(sample_values: torch.Tensor, like: torch.Tensor, channel_dim: int) -> torch.Tensor:
@@ -35,7 +38,7 @@ def _broadcast(sample_values: torch.Tensor, like: torch.Tensor, channel_dim: int
     shape = [1] * like.dim()
     shape[0] = sample_values.shape[0]
     shape[channel_dim] = sample_values.shape[1]
-    return sample_values.view(shape).to(like.dtype)
+    return sample_values.view(shape).to(like.device, like.dtype)
 
 
 def _rms_normalise(x: torch.Tensor, eps: float) -> torch.Tensor:
@@ -75,17 +78,18 @@ def _make_hook(
             output = output + _broadcast(vectors["bias"].per_sample(state.codes, task_names), output, channel_dim)
         if "norm_weight" in vectors or "norm_bias" in vectors:
             if "norm_weight" in vectors:
+                x_out = x.to(output.device)
                 if flavour == "layer":
-                    normed = F.layer_norm(x, mod.normalized_shape, eps=mod.eps)
+                    normed = F.layer_norm(x_out, mod.normalized_shape, eps=mod.eps)
                 else:
-                    normed = _rms_normalise(x, getattr(mod, "variance_epsilon", getattr(mod, "eps", 1e-6)))
+                    normed = _rms_normalise(x_out, getattr(mod, "variance_epsilon", getattr(mod, "eps", 1e-6)))
                 scale = vectors["norm_weight"].per_sample(state.codes, task_names)
                 output = output + normed.to(output.dtype) * _broadcast(scale, output, -1)
             if "norm_bias" in vectors:
                 shift = vectors["norm_bias"].per_sample(state.codes, task_names)
                 output = output + _broadcast(shift, output, -1)
         if "class_embedding" in vectors:
-            cls = vectors["class_embedding"].per_sample(state.codes, task_names).to(output.dtype)
+            cls = vectors["class_embedding"].per_sample(state.codes, task_names).to(output.device, output.dtype)
             output = torch.cat([output[:, :1] + cls[:, None], output[:, 1:]], dim=1)
         return output
 
