@@ -41,7 +41,10 @@ def launched_state():
         return None
     from accelerate import PartialState
 
-    state = PartialState()
+    # Without an accelerator, accelerate only forms a (gloo) process group when told it runs on the
+    # CPU, as Trainer tells it (TrainingArguments(use_cpu=True)); say the same, so that the shared
+    # state is the same whichever of us creates it first.
+    state = PartialState(cpu=not torch.cuda.is_available())
     return state if state.num_processes > 1 else None
 
 

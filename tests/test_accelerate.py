@@ -8,6 +8,10 @@ itself (`place_small_modules` on a meta-device model), which needs no GPU.
 from __future__ import annotations
 
 import functools
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +21,7 @@ from transformers import AutoModel
 
 import retex_hf
 from retex_hf import RetexModel
+from retex_hf.cli import main
 from retex_hf.placement import place_small_modules, resolve_device_map
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -195,3 +200,105 @@ def test_single_device_maps_pass_through_untouched(checkpoints):
     for device_map in ("cpu", 0, torch.device("cpu")):
         kwargs = {"device_map": device_map}
         assert resolve_device_map(retex_hf.RetexForSequenceClassification, directory, kwargs) is kwargs
+
+
+# ----------------------------------------------------------------------------- accelerate launch
+# accelerate 1.x starts ONE process for `--cpu --num_processes 2` unless given an MPI hostfile; its
+# torchrun-backed launcher (`--multi_gpu`) starts two, which form a gloo group on CPU.
+LAUNCH = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+          "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]  # fmt: skip
+
+
+def _launch(args: list[str], tmp_path, port: int) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    command = [*LAUNCH, "--main_process_port", str(port), *args]
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done
+
+
+@pytest.fixture(scope="module")
+def cli_setup(tmp_path_factory):
+    """Two tiny experts saved as directories; calibration and labelled test data as jsonl files."""
+    root = tmp_path_factory.mktemp("launch")
+    base, experts, inputs = tiny_text("bert")
+    base.save_pretrained(root / "base")
+    build, data = ["--base", str(root / "base")], []
+    for i, (task, expert) in enumerate(experts.items()):
+        expert.save_pretrained(root / task)
+        test = inputs(i, 21, gen_seed=5)  # odd: the two processes get 11 and 10 rows
+        with torch.no_grad():
+            labels = expert(**test).logits.argmax(-1)
+        labels[::4] = 0  # some rows the expert gets wrong, so no column of the report is trivially 100 %
+        calib = [{"input_ids": row.tolist()} for row in inputs(i, 24)["input_ids"]]
+        rows = [{"input_ids": r.tolist(), "label": int(y)} for r, y in zip(test["input_ids"], labels)]
+        for name, content in ((f"{task}_calib.jsonl", calib), (f"{task}_test.jsonl", rows)):
+            (root / name).write_text("".join(json.dumps(row) + "\n" for row in content))
+        build += ["--expert", f"{task}={root / task}", "--calibration", f"{task}={root / f'{task}_calib.jsonl'}"]
+        data += ["--data", f"{task}={root / f'{task}_test.jsonl'}", "--expert", f"{task}={root / task}"]
+    build += ["--budget", "0.5", "--recovery-steps", "12", "--quiet"]
+    return root, build, data
+
+
+def test_launched_build_trains_data_parallel_and_writes_once(cli_setup, tmp_path):
+    from safetensors.torch import load_file
+
+    root, build, _ = cli_setup
+    assert main(["build", *build, "--output", str(tmp_path / "single")]) == 0
+    done = _launch(["-m", "retex_hf.cli", "build", *build, "--output", str(tmp_path / "launched")], tmp_path, 29611)
+    assert done.stdout.count("wrote ") == 1  # the main process reports, and writes
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging left by anyone
+    svd_only = [a if a != "12" else "0" for a in build]  # recovery-steps 0: the offsets before training
+    assert main(["build", *svd_only, "--output", str(tmp_path / "untrained")]) == 0
+    single, launched, untrained = (
+        load_file(tmp_path / name / "model.safetensors") for name in ("single", "launched", "untrained")
+    )
+    assert single.keys() == launched.keys()
+    assert max((single[k] - untrained[k]).abs().max().item() for k in single if k.startswith("offsets.")) > 1e-3
+    # Same global batches (each process takes half of every one): the same weights, up to the order
+    # of the gradient all-reduce; everything but the offsets is computed identically by every process.
+    for key in single:
+        torch.testing.assert_close(launched[key], single[key], atol=1e-5, rtol=1e-4)
+        if not key.startswith("offsets."):
+            assert torch.equal(launched[key], single[key]), key
+    assert (tmp_path / "launched" / "README.md").exists() and (tmp_path / "launched" / "config.json").exists()
+
+
+def test_launched_eval_shards_rows_and_reports_once_with_identical_numbers(cli_setup, tmp_path):
+    root, build, data = cli_setup
+    model_dir = tmp_path / "model"
+    assert main(["build", *build, "--output", str(model_dir)]) == 0
+    assert main(["eval", str(model_dir), *data, "--json", str(tmp_path / "single.json"), "--quiet"]) == 0
+    args = ["-m", "retex_hf.cli", "eval", str(model_dir), *data, "--json", str(tmp_path / "launched.json"), "--quiet"]
+    done = _launch(args, tmp_path, 29612)
+    assert done.stdout.count("router") == 1  # one table, from the main process
+    single = json.loads((tmp_path / "single.json").read_text())
+    assert json.loads((tmp_path / "launched.json").read_text()) == single
+    assert any(0 < row["retex_accuracy"] < 1 for row in single["tasks"])
+
+
+def test_rows_are_shared_out_and_gathered_in_order(tmp_path):
+    """`on_rows` under a two-process launch: each process computes a contiguous share; every
+    process gets all rows back in order (and the process group is gloo on CPU)."""
+    script = tmp_path / "rows.py"
+    script.write_text(
+        "import json, torch\n"
+        "from retex_hf.distributed import launched_state, on_rows\n"
+        "seen = []\n"
+        "def compute(rows):\n"
+        "    seen.append(rows['x'][:, 0].tolist())\n"
+        "    return rows['x'] * 2, rows['x'][:, 0] + 1\n"
+        "doubled, plus = on_rows(compute, {'x': torch.arange(14).view(7, 2)})\n"
+        "state = launched_state()\n"
+        "print(json.dumps({'rank': state.process_index, 'backend': state.backend, 'seen': seen,\n"
+        "                  'doubled': doubled.tolist(), 'plus': plus.tolist()}))\n"
+    )
+    done = _launch([str(script)], tmp_path, 29613)
+    reports = sorted((json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")), key=str)
+    assert [r["rank"] for r in sorted(reports, key=lambda r: r["rank"])] == [0, 1]
+    by_rank = {r["rank"]: r for r in reports}
+    assert by_rank[0]["seen"] == [[0, 2, 4, 6]] and by_rank[1]["seen"] == [[8, 10, 12]]
+    for report in reports:
+        assert report["backend"] == "gloo"
+        assert report["doubled"] == (torch.arange(14).view(7, 2) * 2).tolist()
+        assert report["plus"] == list(range(1, 14, 2))

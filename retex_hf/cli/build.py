@@ -49,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
 
     from .. import build_retex
     from ..calibration import load_preprocessor, load_spec, parse_assignments, to_model_inputs
+    from ..distributed import is_main_process, main_process_writes
 
     experts = parse_assignments(args.expert, "--expert")
     calibration_specs = parse_assignments(args.calibration, "--calibration")
@@ -75,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
         merge_kwargs=merge_kwargs,
         allow_pickle=args.allow_pickle,
         seed=args.seed,
-        quiet=args.quiet,
+        quiet=args.quiet or not is_main_process(),  # under `accelerate launch`: one set of progress bars
         **head_kwargs,
     )
     metrics = None
@@ -83,7 +84,11 @@ def run(args: argparse.Namespace) -> int:
         from .evaluate import evaluate_specs
 
         metrics = evaluate_specs(model, parse_assignments(args.eval, "--eval"), args, experts, preprocessor)
-    write_checkpoint(model, Path(args.output), preprocessor, args, experts, metrics)
+    with main_process_writes() as writer:  # under `accelerate launch` the others wait for the write
+        if writer:
+            write_checkpoint(model, Path(args.output), preprocessor, args, experts, metrics)
+    if not is_main_process():
+        return 0
     storage = model.retex_storage()
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
     print(

@@ -29,13 +29,15 @@ def evaluate_specs(model, specs: dict[str, str], args, experts: dict | None, pre
 
     from ..builder.sources import WeightSource
     from ..calibration import labels_of, load_spec, to_model_inputs
+    from ..distributed import is_main_process
     from ..evaluation import HeadSpec, evaluate_classification
 
     unknown = [t for t in specs if t not in model.config.task_names]
     if unknown:
         raise ValueError(f"--data names tasks the model does not know: {unknown}; known: {model.config.task_names}")
     test, labels = {}, {}
-    for task, spec in tqdm(specs.items(), desc="loading evaluation data", disable=getattr(args, "quiet", False)):
+    quiet = getattr(args, "quiet", False) or not is_main_process()
+    for task, spec in tqdm(specs.items(), desc="loading evaluation data", disable=quiet):
         dataset = load_spec(spec)
         limit = getattr(args, "limit", None)
         test[task] = to_model_inputs(dataset, preprocessor, args.text_column, args.image_column, limit=limit)
@@ -57,14 +59,19 @@ def run(args: argparse.Namespace) -> int:
     import retex_hf  # noqa: F401  (registers the retex model type)
 
     from ..calibration import load_preprocessor, parse_assignments
+    from ..distributed import main_process_writes
     from ..evaluation import TaskReport, format_reports
 
     model = AutoModel.from_pretrained(args.model).eval()
     experts = parse_assignments(args.expert, "--expert")
     specs = parse_assignments(args.data, "--data")
+    # Under `accelerate launch` every process scores a share of the rows (`evaluation` gathers them)
+    # and the main process alone reports.
     reports = evaluate_specs(model, specs, args, experts, load_preprocessor(args.model))
-    print(format_reports([TaskReport(**r) for r in reports]))
-    if args.json:
-        with open(args.json, "w") as handle:
-            json.dump({"model": args.model, "tasks": reports}, handle, indent=2)
+    with main_process_writes() as writer:
+        if writer:
+            print(format_reports([TaskReport(**r) for r in reports]))
+            if args.json:
+                with open(args.json, "w") as handle:
+                    json.dump({"model": args.model, "tasks": reports}, handle, indent=2)
     return 0

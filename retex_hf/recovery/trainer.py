@@ -17,6 +17,7 @@ from transformers import PreTrainedModel, Trainer, TrainingArguments
 from transformers.trainer_callback import PrinterCallback
 
 from ..data import collate
+from ..distributed import per_device_batch_size, world_size
 from .targets import pooled_output
 
 MODEL_KEYS = ("input_ids", "attention_mask", "token_type_ids", "pixel_values", "decoder_input_ids")
@@ -64,6 +65,12 @@ class RecoveryTrainer(Trainer):
         return (loss, outputs) if return_outputs else loss
 
 
+def _ddp_defaults() -> dict:
+    """A batch trains only the offsets of the tasks routed in it, so under DDP some parameters get
+    no gradient on some processes: DDP must look for them instead of waiting for them forever."""
+    return {"ddp_find_unused_parameters": True} if world_size() > 1 else {}
+
+
 def recover(
     model: PreTrainedModel,
     examples: list[dict[str, torch.Tensor]],
@@ -91,7 +98,9 @@ def recover(
     args = TrainingArguments(
         output_dir=output_dir or scratch.name,
         max_steps=steps,
-        per_device_train_batch_size=batch_size,
+        # Under `accelerate launch` Trainer trains data-parallel: split the batch so that the global
+        # batch, and so the recipe, stays the one a single process trains with.
+        per_device_train_batch_size=per_device_batch_size(batch_size),
         learning_rate=learning_rate,
         lr_scheduler_type="cosine",
         optim="adamw_torch",
@@ -104,7 +113,7 @@ def recover(
         data_seed=seed,
         remove_unused_columns=False,
         use_cpu=not torch.cuda.is_available(),
-        **training_args,
+        **{**_ddp_defaults(), **training_args},
     )
     trainer = RecoveryTrainer(
         model=model,
