@@ -67,14 +67,61 @@ def masked_mean(hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> to
     return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp_min(1.0)
 
 
-def pool_features(model: PreTrainedModel, inputs: Mapping[str, torch.Tensor], normalize: bool = True) -> torch.Tensor:
-    """Routing features: CLIP's pooled output, mean-pooled encoder states for text backbones."""
+def encoder_layers(model: PreTrainedModel) -> nn.ModuleList:
+    """The stack of transformer layers inside the feature body (BERT/RoBERTa ``encoder.layer``,
+    CLIP ``encoder.layers``, T5 ``block``): the list whose length is the config's layer count."""
     body = feature_body(model)
-    out = body(**body_inputs(model, inputs), return_dict=True)
-    if is_vision(model):
-        pooled = out.pooler_output
+    config = model.config
+    count = getattr(config, "num_hidden_layers", None) or getattr(config, "num_layers", None)
+    for _, module in body.named_modules():
+        if isinstance(module, nn.ModuleList) and len(module) == count:
+            return module
+    raise ValueError(f"cannot find the {count} encoder layers of {type(model).__name__}")
+
+
+class _StopAfterLayer(Exception):
+    """Raised by a forward hook to end the feature pass once the routing layer has run."""
+
+    def __init__(self, hidden: torch.Tensor):
+        super().__init__()
+        self.hidden = hidden
+
+
+def _hidden_after(model: PreTrainedModel, inputs: Mapping[str, torch.Tensor], layer: int) -> torch.Tensor:
+    """Hidden states after the first ``layer`` encoder layers; the layers above never run."""
+
+    def stop(module: nn.Module, args: tuple, output) -> None:
+        raise _StopAfterLayer(output[0] if isinstance(output, (tuple, list)) else output)
+
+    handle = encoder_layers(model)[layer - 1].register_forward_hook(stop)
+    try:
+        body = feature_body(model)
+        body(**body_inputs(model, inputs), return_dict=True)
+    except _StopAfterLayer as stopped:
+        return stopped.hidden
+    finally:
+        handle.remove()
+    raise RuntimeError(f"encoder layer {layer} of {type(model).__name__} never ran")
+
+
+def pool_features(
+    model: PreTrainedModel, inputs: Mapping[str, torch.Tensor], normalize: bool = True, layer: int = 0
+) -> torch.Tensor:
+    """Routing features: CLIP's pooled output, mean-pooled encoder states for text backbones.
+
+    ``layer`` > 0 pools the hidden states after that many encoder layers instead (token mean, for
+    CLIP too) and stops the pass there: routing then costs layer / num_layers of an encoder pass,
+    which is most of what ReTeX adds to a plain forward."""
+    if layer:
+        mask = None if is_vision(model) else inputs.get("attention_mask")
+        pooled = masked_mean(_hidden_after(model, inputs, layer), mask)
     else:
-        pooled = masked_mean(out.last_hidden_state, inputs.get("attention_mask"))
+        body = feature_body(model)
+        out = body(**body_inputs(model, inputs), return_dict=True)
+        if is_vision(model):
+            pooled = out.pooler_output
+        else:
+            pooled = masked_mean(out.last_hidden_state, inputs.get("attention_mask"))
     pooled = pooled.float()
     return F.normalize(pooled, dim=-1) if normalize else pooled
 

@@ -38,6 +38,7 @@ class RetexConfig(PreTrainedConfig):
         router_num_components: int = 1,
         router_threshold_quantile: float = 0.99,
         router_temperature: float = 0.1,
+        router_layer: int = 0,
         unknown_task_policy: str = "soft",
         merge_method: str | None = None,
         merge_hparams: dict[str, Any] | None = None,
@@ -68,6 +69,7 @@ class RetexConfig(PreTrainedConfig):
         self.router_num_components = int(router_num_components)
         self.router_threshold_quantile = float(router_threshold_quantile)
         self.router_temperature = float(router_temperature)
+        self.router_layer = int(router_layer)  # 0: route on the last layer's features
         self.unknown_task_policy = unknown_task_policy
         self.merge_method = merge_method
         self.merge_hparams = dict(merge_hparams or {})

@@ -199,9 +199,10 @@ class RetexPreTrainedModel(CheckedCheckpointMixin, PreTrainedModel):
 
     @torch.no_grad()
     def route_features(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        """L2-normalised features of the plain merged model, which the signatures were fit on."""
+        """L2-normalised features of the plain merged model, which the signatures were fit on
+        (after ``config.router_layer`` encoder layers; 0: all of them)."""
         with routing(None):
-            return backbones.pool_features(self.backbone, inputs)
+            return backbones.pool_features(self.backbone, inputs, layer=self.config.router_layer)
 
     def route(self, inputs: dict[str, torch.Tensor], task: TaskSpec = None) -> tuple[RoutingState, dict]:
         """Decide every sample's task code. ``task`` skips the router (one name or one per sample)."""

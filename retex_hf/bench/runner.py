@@ -44,6 +44,7 @@ class RunSettings:
     budget: float = 0.02
     recovery_steps: int = 200
     merge: str = "ties"
+    router_layer: int = 0  # route on the features after this many encoder layers (0: the last)
     threads: int = 1
     scaling: bool = True
     bootstrap_rounds: int = 1000
@@ -103,6 +104,7 @@ def build_in_child(data: SuiteData, tasks: list[str], output: Path, settings: Ru
         "normalize_features": data.normalize_features,
         "logit_scale": data.head_logit_scale,
         "seed": settings.seed,
+        "router_layer": settings.router_layer,
         "quiet": True,
         "threads": settings.threads,
         "output": str(output),

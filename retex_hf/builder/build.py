@@ -35,7 +35,6 @@ from ..offsets.activations import collect_input_statistics
 from ..offsets.fit import TaskOffsets, fit_task_offsets
 from ..offsets.targets import discover_targets
 from ..recovery.targets import teacher_examples
-from ..routing.context import routing
 from ..routing.signatures import default_components, fit_signature, select_components
 from .peft_experts import is_peft_adapter, merge_peft_expert
 from .sources import ModelSpec, WeightSource
@@ -130,6 +129,7 @@ def build_retex(
     signature_components: int | None = None,
     threshold_quantile: float = 0.99,
     router_temperature: float = 0.1,
+    router_layer: int = 0,
     unknown_task_policy: str = "soft",
     batch_size: int = 16,
     max_new_tokens: int = 16,
@@ -144,6 +144,8 @@ def build_retex(
     Every input is checked before any work starts (`retex_hf.safety`): a bad one raises
     `BuildInputError` naming the task, expert or tensor. ``max_relative_distance`` refuses an
     expert farther than that from the base (‖θ_t − θ0‖/‖θ0‖ over the body; None: no limit).
+    ``router_layer`` = k > 0 routes on the merged model's features after k encoder layers, so the
+    routing pass stops there (faster inference; check router accuracy); 0 routes on the last layer.
     """
     # 0. Validation: cheap checks first, then one streamed pass over every weight.
     tasks = _check_tasks(experts, calibration)
@@ -170,6 +172,9 @@ def build_retex(
     )
     skeleton = _skeleton(sources[tasks[0]])
     safety.check_calibration(examples_of, _forward_keys(skeleton), getattr(skeleton, "main_input_name", None))
+    layers = len(backbones.encoder_layers(skeleton))
+    if not 0 <= router_layer <= layers:
+        raise safety.BuildInputError(f"router_layer={router_layer} must be in [0, {layers}] (0: the last layer)")
     head = backbones.head_attribute(skeleton)
     head_type = "module" if head else ("tensor" if heads else "none")
     targets = discover_targets(skeleton, exclude_prefixes=(head,) if head else ())
@@ -209,6 +214,7 @@ def build_retex(
         offset_budget=budget,
         router_threshold_quantile=threshold_quantile,
         router_temperature=router_temperature,
+        router_layer=router_layer,
         unknown_task_policy=unknown_task_policy,
         merge_method=merge,
         merge_hparams=hparams,
@@ -308,8 +314,7 @@ def fit_expert(
     pad_id = getattr(config.backbone_config, "pad_token_id", None) or 0
     expert = source.load()
     calib = [_with_decoder_inputs(expert, b, max_new_tokens) for b in batches(calibration, batch_size, pad_id)]
-    with routing(None):
-        features = torch.cat([backbones.pool_features(backbone, b) for b in calib])
+    features = torch.cat([model.route_features(b) for b in calib])
     targets = config.offset_matrix_targets
     stats = collect_input_statistics(expert, targets, calib) if activation_aware else {}
     params = dict(expert.named_parameters())

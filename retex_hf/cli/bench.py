@@ -11,6 +11,7 @@ Options:
   --seed N             data splits, fine-tuning and build seed
   --budget F           offset parameters per task, as a fraction of the model (default 0.02)
   --recovery-steps N   distillation steps of the ReTeX build (default 200; quick 30)
+  --router-layer K     route on the features after K encoder layers (0, the default: the last)
   --threads N          torch threads (default 1: faster than 2 on a busy 2-core machine)
   --no-scaling         skip the scaling study (tasks 2/4/6/8, budgets x0.25..x2)
   --keep-checkpoint D  also keep the ReTeX checkpoint in directory D
@@ -37,6 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--budget", type=float, default=0.02, help="offset parameters per task (fraction of model)")
     parser.add_argument("--recovery-steps", type=int, default=None, help="distillation steps (default 200; quick 30)")
+    parser.add_argument("--router-layer", type=int, default=0, help="route after K encoder layers (0: last)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--no-scaling", action="store_true", help="skip the scaling study")
     parser.add_argument("--keep-checkpoint", default=None, help="also save the ReTeX checkpoint here")
@@ -54,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
         tasks=[t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None,
         budget=args.budget,
         recovery_steps=args.recovery_steps if args.recovery_steps is not None else (30 if args.quick else 200),
+        router_layer=args.router_layer,
         threads=args.threads,
         scaling=not (args.no_scaling or args.quick),
         bootstrap_rounds=200 if args.quick else 1000,
