@@ -25,6 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--merge-arg", action="append", default=[], metavar="NAME=VALUE", help="merge hyper-parameter")
     parser.add_argument("--budget", type=float, default=0.03, help="offset parameters per task (fraction of model)")
     parser.add_argument("--recovery-steps", type=int, default=200)
+    parser.add_argument("--recovery-arg", action="append", default=[], metavar="NAME=VALUE",
+                        help="recovery option, e.g. learning_rate=1e-3 or select_on_held_out=false")  # fmt: skip
+    parser.add_argument("--router-layer", type=int, default=0, help="route after K encoder layers (0: the last)")
     parser.add_argument("--num-calibration", type=int, default=32, help="calibration inputs per task")
     parser.add_argument("--text-column", default="text")
     parser.add_argument("--image-column", default="image")
@@ -54,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
     experts = parse_assignments(args.expert, "--expert")
     calibration_specs = parse_assignments(args.calibration, "--calibration")
     merge_kwargs = {k: _value(v) for k, v in parse_assignments(args.merge_arg, "--merge-arg").items()}
+    recovery_kwargs = {k: _value(v) for k, v in parse_assignments(args.recovery_arg, "--recovery-arg").items()}
     preprocessor = load_preprocessor(args.base)
     calibration = {
         task: to_model_inputs(
@@ -73,6 +77,8 @@ def run(args: argparse.Namespace) -> int:
         merge=args.merge,
         budget=args.budget,
         recovery_steps=args.recovery_steps,
+        recovery_kwargs=recovery_kwargs,
+        router_layer=args.router_layer,
         merge_kwargs=merge_kwargs,
         allow_pickle=args.allow_pickle,
         seed=args.seed,

@@ -18,6 +18,7 @@ from transformers.trainer_callback import PrinterCallback
 
 from ..data import collate
 from ..distributed import per_device_batch_size, world_size
+from .selection import BestOffsetsCallback, split_held_out
 from .targets import pooled_output
 
 MODEL_KEYS = ("input_ids", "attention_mask", "token_type_ids", "pixel_values", "decoder_input_ids")
@@ -47,22 +48,34 @@ class RecoveryTrainer(Trainer):
     """A Trainer whose loss is the distance between the routed model and each row's expert."""
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss, _, outputs = self.distillation(model, inputs)
+        return (loss, outputs) if return_outputs else loss
+
+    def distillation(self, model, inputs) -> tuple[torch.Tensor, torch.Tensor | None, object]:
+        """(loss, per-row agreement, outputs). Agreement is the probability the student gives the
+        expert's top answer (per token for seq2seq; None for feature targets): a smooth stand-in for
+        fidelity, so held-out selection is not flipped by an input on a decision boundary."""
         model.eval()  # the targets come from deterministic experts: no dropout in the student either
         task = inputs["task_index"]
         model_inputs = {k: v for k, v in inputs.items() if k in MODEL_KEYS}
         outputs = model(**model_inputs, task=task)
+        agreement = None
         if "teacher_logits" in inputs:
             loss = _masked_kl(inputs["teacher_logits"], outputs.logits)
+            top = inputs["teacher_logits"].argmax(-1, keepdim=True)
+            agreement = F.softmax(outputs.logits.float(), dim=-1).gather(-1, top).squeeze(-1)
         elif "teacher_top_ids" in inputs:
             s_log = F.log_softmax(outputs.logits.float(), dim=-1).gather(-1, inputs["teacher_top_ids"])
             t_log = inputs["teacher_top_logprobs"]
             per_position = (t_log.exp() * (t_log - s_log)).sum(-1)
             mask = inputs["decoder_mask"].to(per_position.dtype)
             loss = (per_position * mask).sum() / mask.sum().clamp_min(1.0)
+            same = s_log[..., 0].exp()  # the student's probability of the expert's top token
+            agreement = (same * mask).sum(-1) / mask.sum(-1).clamp_min(1.0)
         else:
             student = pooled_output(outputs, model_inputs.get("attention_mask")).float()
             loss = F.mse_loss(student, inputs["teacher_features"])
-        return (loss, outputs) if return_outputs else loss
+        return loss, agreement, outputs
 
 
 def _ddp_defaults() -> dict:
@@ -81,6 +94,7 @@ def recover(
     quiet: bool = True,
     output_dir: str | None = None,
     tasks: list[str] | None = None,
+    select_on_held_out: bool = True,
     **training_args,
 ) -> list[dict]:
     """Distil the experts into the offsets for ``steps`` optimiser steps; returns the loss log.
@@ -88,6 +102,8 @@ def recover(
     ``examples`` come from `teacher_examples`: model inputs, the task index and the expert's
     output on them, computed while each expert was loaded. ``tasks`` limits training to those
     tasks' offsets (`add_task` trains the new task's alone, leaving the others bit-identical).
+    ``select_on_held_out`` holds a fifth of each task's inputs out of training and gives every task
+    the offsets of its best held-out point, the SVD fit included (`retex_hf.recovery.selection`).
     """
     pad_id = getattr(model.config.backbone_config, "pad_token_id", None) or 0
     scratch = tempfile.TemporaryDirectory(prefix="retex-recovery-")  # Trainer wants a directory; nothing is saved
@@ -115,16 +131,39 @@ def recover(
         use_cpu=not torch.cuda.is_available(),
         **{**_ddp_defaults(), **training_args},
     )
+    train, held_out = split_held_out(examples, seed) if select_on_held_out else (examples, {})
     trainer = RecoveryTrainer(
         model=model,
         args=args,
-        train_dataset=_ListDataset(examples),
+        train_dataset=_ListDataset(train),
         data_collator=lambda rows: collate(rows, pad_id),
     )
     if quiet:
         trainer.remove_callback(PrinterCallback)
+    selector = None
+    if held_out:
+
+        def held_out_score(rows: list[dict[str, torch.Tensor]]) -> float:
+            """1 − mean probability of the expert's top answer (the loss for feature targets): lower is
+            better. Not the KL itself: a collapsed student can have a lower KL than a confident one."""
+            agreement = loss = 0.0
+            for start in range(0, len(rows), batch_size):
+                chunk = rows[start : start + batch_size]
+                batch_loss, batch_agreement, _ = trainer.distillation(
+                    model, trainer._prepare_inputs(collate(chunk, pad_id))
+                )
+                loss += float(batch_loss) * len(chunk)
+                agreement = None if batch_agreement is None else agreement + float(batch_agreement.sum())
+            return loss / len(rows) if agreement is None else 1.0 - agreement / len(rows)
+
+        task_names = list(model.config.task_names)
+        selector = BestOffsetsCallback(model, task_names, held_out, held_out_score, every=max(1, steps // 10))
+        trainer.add_callback(selector)
     try:
         trainer.train()
+        if selector is not None:
+            chosen = selector.restore_best()
+            trainer.state.log_history.append({"held_out_best_step": chosen, "held_out_history": selector.history})
     finally:
         scratch.cleanup()
         for name, param in model.named_parameters():
