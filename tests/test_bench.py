@@ -62,6 +62,9 @@ def test_quick_text_report_structure(quick_run):
     assert set(speed["ratios"]) == {"retex_vs_plain", "retex_vs_per_group_reload"}
     assert report["scaling"] is None  # quick mode skips the scaling study
     chosen = report["chosen_hyperparameters"]
+    targets = {row["name"]: row for row in report["targets"]}
+    assert len(targets) == 8 and all(row["met"] == (row["gap"] == 0.0) for row in targets.values())
+    assert targets["ReTeX fidelity, task unknown"]["measured"] == report["summary"]["mean"]["retex"]["fidelity"]
     assert str(chosen["task_arithmetic_lambda"]) in chosen["task_arithmetic_validation"]  # JSON keys are strings
 
 
@@ -71,6 +74,7 @@ def test_quick_text_markdown_and_plots(quick_run):
     assert "| method | accuracy | normalised accuracy | fidelity | KL from expert |" in text
     table = [line for line in text.splitlines() if line.startswith("| **ReTeX (task unknown)**")]
     assert len(table) == 2  # the mean table and the per-task table
+    assert "## Targets" in text and "| target | goal | measured | met | missed by |" in text
     assert "router accuracy (ReTeX)" in text and "checkpoint:" in text and "one plain model" in text
     for name in ("accuracy.svg", "methods.svg"):
         root = ET.fromstring((out / name).read_text())

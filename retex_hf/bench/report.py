@@ -10,6 +10,7 @@ from html import escape
 from pathlib import Path
 
 from ..card import accuracy_plot_svg
+from .targets import check_targets, markdown_rows
 
 LABELS = {
     "expert": "individual expert",
@@ -82,8 +83,10 @@ def markdown(result: dict) -> str:
     ]
     for t in tasks:
         e = result["experts"].get(t, {})
-        curve = ", ".join(_pct(v) for v in e.get("validation_accuracy_per_epoch", []))
-        distance = e.get("relative_distance_from_base")
+        # the text suite's keys, then the vision suite's
+        per_epoch = e.get("validation_accuracy_per_epoch", e.get("validation_accuracy_by_epoch", []))
+        curve = ", ".join(_pct(v) for v in per_epoch)
+        distance = e.get("relative_distance_from_base", e.get("relative_distance"))
         lines.append(
             f"| {t} | {result['num_labels'][t]} | {e.get('train_examples', '–')} | {e.get('steps', '–')} | {curve} | "
             f"{'–' if distance is None else f'{distance:.4f}'} | {e.get('train_seconds', '–')} |"
@@ -121,7 +124,11 @@ def markdown(result: dict) -> str:
                 f"{_pct(p.get('task_arithmetic_normalized_accuracy'))} | {_pct(p.get('ties_normalized_accuracy'))} | "
                 f"{p['bytes_vs_one_model']:.3f} |"
             )
+        for p in sc.get("skipped", []):
+            lines.append(f"\nBudget {p['budget']:g} not built: {p['reason']}")
     plots = PLOTS + (SCALING_PLOTS if result.get("scaling") else ())
+    if result.get("targets"):
+        lines += ["", *markdown_rows(result["targets"])]
     lines += ["", "Plots: " + ", ".join(f"[{p}]({p})" for p in plots)]
     return "\n".join(lines) + "\n"
 
@@ -214,6 +221,7 @@ def _methods_plot(result: dict) -> str:
 
 def write_report(result: dict, output: Path) -> None:
     output.mkdir(parents=True, exist_ok=True)
+    result["targets"] = check_targets(result)
     (output / "report.json").write_text(json.dumps(result, indent=1, default=str))
     (output / "report.md").write_text(markdown(result))
     per_task = result["summary"]["per_task"]

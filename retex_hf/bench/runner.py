@@ -43,7 +43,7 @@ class RunSettings:
     tasks: list[str] | None = None
     budget: float = 0.02
     recovery_steps: int = 200
-    merge: str = "ties"
+    merge: str = "tsv"  # the strongest static merge on both suites: less left for the offsets to carry
     router_layer: int = 0  # route on the features after this many encoder layers (0: the last)
     threads: int = 1
     scaling: bool = True

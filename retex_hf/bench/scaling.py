@@ -75,7 +75,7 @@ def scaling_study(data: SuiteData, tasks: list[str], pool: baselines.ExpertPool,
         tests[task], index = _subsample(data.test[task], SUBSAMPLE, settings.seed + 100 + j)
         labels[task], expert[task] = tests[task].labels, expert_predictions[task][index]
     counts = [k for k in TASK_COUNTS if k < len(tasks)] + [len(tasks)]
-    by_tasks, by_budget = [], []
+    by_tasks, by_budget, skipped = [], [], []
     for k in counts:
         subset = tasks[:k]
         point = _point(data, subset, tests, labels, expert, settings, settings.budget)
@@ -89,7 +89,14 @@ def scaling_study(data: SuiteData, tasks: list[str], pool: baselines.ExpertPool,
         if factor == 1.0:
             by_budget.append({**by_tasks[-1]})
             continue
-        point = _point(data, tasks, tests, labels, expert, settings, settings.budget * factor)
+        budget = settings.budget * factor
+        try:
+            point = _point(data, tasks, tests, labels, expert, settings, budget)
+        except RuntimeError as err:  # e.g. a budget below what the small tensors' full offsets need
+            skipped.append({"budget": budget, "reason": str(err)})
+            settings.say(f"scaling: budget {budget:g} skipped: {err}")
+            continue
         by_budget.append(point)
-        settings.say(f"scaling: budget {settings.budget * factor:g} -> {point}")
-    return {"subsample_per_task": SUBSAMPLE, "by_tasks": by_tasks, "by_budget": by_budget}
+        settings.say(f"scaling: budget {budget:g} -> {point}")
+    by_budget.sort(key=lambda p: p["budget"])
+    return {"subsample_per_task": SUBSAMPLE, "by_tasks": by_tasks, "by_budget": by_budget, "skipped": skipped}

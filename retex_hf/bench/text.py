@@ -157,7 +157,7 @@ class SplitSizes:
     max_length: int
 
 
-FULL = SplitSizes(train=2000, validation=200, test=1000, calibration=128, max_length=48)
+FULL = SplitSizes(train=2000, validation=200, test=1000, calibration=512, max_length=48)
 QUICK = SplitSizes(train=128, validation=32, test=100, calibration=16, max_length=32)
 
 

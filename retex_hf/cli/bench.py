@@ -5,12 +5,13 @@ are fine-tuned once and cached in --cache-dir; a re-run reuses them. Needs `pip 
 
 Options:
   --quick              a few tasks, few samples, no scaling study: the smoke test (about a minute)
-  --output DIR         where report.json, report.md and the plots go (default bench-results/SUITE)
+  --output DIR         where report.json, report.md and the plots go (default bench-results/SUITE; quick: SUITE-quick)
   --cache-dir DIR      where fine-tuned experts are cached (default ~/.cache/retex_hf/bench)
   --tasks a,b          run only these tasks of the suite
   --seed N             data splits, fine-tuning and build seed
   --budget F           offset parameters per task, as a fraction of the model (default 0.02)
   --recovery-steps N   distillation steps of the ReTeX build (default 200; quick 30)
+  --merge NAME         the merge under the offsets (default tsv; see retex_hf.available_merge_methods())
   --router-layer K     route on the features after K encoder layers (0, the default: the last)
   --threads N          torch threads (default 1: faster than 2 on a busy 2-core machine)
   --no-scaling         skip the scaling study (tasks 2/4/6/8, budgets x0.25..x2)
@@ -32,12 +33,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("suite", help="suite name: text or vision")
     parser.add_argument("--quick", action="store_true", help="a few tasks, few samples: the smoke test")
-    parser.add_argument("--output", default=None, help="report directory (default bench-results/SUITE)")
+    parser.add_argument("--output", default=None, help="report directory (default bench-results/SUITE, or SUITE-quick)")
     parser.add_argument("--cache-dir", default=str(DEFAULT_CACHE), help="cache of fine-tuned experts")
     parser.add_argument("--tasks", default=None, help="comma-separated subset of the suite's tasks")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--budget", type=float, default=0.02, help="offset parameters per task (fraction of model)")
     parser.add_argument("--recovery-steps", type=int, default=None, help="distillation steps (default 200; quick 30)")
+    parser.add_argument("--merge", default="tsv", help="merge method under the offsets")
     parser.add_argument("--router-layer", type=int, default=0, help="route after K encoder layers (0: last)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--no-scaling", action="store_true", help="skip the scaling study")
@@ -56,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
         tasks=[t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None,
         budget=args.budget,
         recovery_steps=args.recovery_steps if args.recovery_steps is not None else (30 if args.quick else 200),
+        merge=args.merge,
         router_layer=args.router_layer,
         threads=args.threads,
         scaling=not (args.no_scaling or args.quick),
@@ -63,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
         throughput_batches=2 if args.quick else 12,
         keep_checkpoint=args.keep_checkpoint,
     )
-    output = Path(args.output or Path("bench-results") / args.suite)
+    # quick runs never overwrite the committed full reports in bench-results/SUITE
+    output = Path(args.output or Path("bench-results") / (f"{args.suite}-quick" if args.quick else args.suite))
     result = run(args.suite, output, Path(args.cache_dir), settings)
     print((output / "report.md").read_text())
     return 0 if result else 1
