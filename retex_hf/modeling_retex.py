@@ -9,19 +9,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 import torch.utils.checkpoint
 import transformers
 from torch import nn
 from transformers import AutoConfig, PreTrainedModel
-from transformers.utils import ModelOutput
 
 from . import backbones
 from .checkpointing import CheckedCheckpointMixin
 from .configuration_retex import RetexConfig
 from .heads import PerTaskHead, TensorHeads, resize_head
+from .modeling_outputs import RetexGenerateOutput, RetexOutput, RetexSeq2SeqOutput, UnknownTaskError
 from .offsets.bank import LowRankOffset, OffsetBank, VectorOffset
 from .offsets.hooks import install_offset_hooks
 from .placement import resolve_device_map
@@ -29,43 +28,6 @@ from .routing.context import RoutingState, current_routing, routing
 from .routing.signatures import SubspaceRouter
 
 TaskSpec = str | Sequence[str] | torch.Tensor | None
-
-
-class UnknownTaskError(ValueError):
-    """Raised under ``unknown_task_policy="raise"`` when an input fits no task's signature."""
-
-
-@dataclass
-class RetexOutput(ModelOutput):
-    """Backbone outputs plus where each sample was routed."""
-
-    loss: torch.Tensor | None = None
-    logits: torch.Tensor | None = None
-    last_hidden_state: torch.Tensor | None = None
-    pooler_output: torch.Tensor | None = None
-    hidden_states: tuple[torch.Tensor, ...] | None = None
-    attentions: tuple[torch.Tensor, ...] | None = None
-    task_ids: torch.Tensor | None = None
-    unknown: torch.Tensor | None = None
-    residuals: torch.Tensor | None = None
-
-
-@dataclass
-class RetexSeq2SeqOutput(ModelOutput):
-    loss: torch.Tensor | None = None
-    logits: torch.Tensor | None = None
-    past_key_values: object | None = None
-    encoder_last_hidden_state: torch.Tensor | None = None
-    task_ids: torch.Tensor | None = None
-    unknown: torch.Tensor | None = None
-    residuals: torch.Tensor | None = None
-
-
-@dataclass
-class RetexGenerateOutput(ModelOutput):
-    sequences: torch.Tensor | None = None
-    task_ids: torch.Tensor | None = None
-    unknown: torch.Tensor | None = None
 
 
 def _matrix_shape(param: torch.Tensor) -> tuple[int, int]:
