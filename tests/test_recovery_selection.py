@@ -27,18 +27,19 @@ def _build(suite, **recovery_kwargs):
     )  # fmt: skip
 
 
-def test_split_holds_out_a_fifth_per_task_and_keeps_every_example():
-    examples = [{"task_index": torch.tensor(t), "x": torch.tensor(i)} for t in range(3) for i in range(30)]
-    examples += [{"task_index": torch.tensor(3), "x": torch.tensor(i)} for i in range(8)]  # too few to hold out
+def test_split_holds_out_a_fifth_per_task_at_most_32_and_keeps_every_example():
+    examples = [{"task_index": torch.tensor(t), "x": torch.tensor(i)} for t in range(3) for i in range(100)]
+    examples += [{"task_index": torch.tensor(3), "x": torch.tensor(i)} for i in range(40)]  # too few to hold out
+    examples += [{"task_index": torch.tensor(4), "x": torch.tensor(i)} for i in range(500)]  # capped
     train, held_out = split_held_out(examples, seed=0)
-    assert sorted(held_out) == [0, 1, 2] and all(len(rows) == 6 for rows in held_out.values())
+    assert sorted(held_out) == [0, 1, 2, 4] and [len(held_out[t]) for t in (0, 1, 2, 4)] == [20, 20, 20, 32]
     assert len(train) + sum(len(r) for r in held_out.values()) == len(examples)
     seen = {(int(e["task_index"]), int(e["x"])) for e in train + [e for r in held_out.values() for e in r]}
     assert len(seen) == len(examples)
 
 
 def test_overshooting_recovery_falls_back_to_the_svd_fit_per_task():
-    suite = make_suite("bert", num_tasks=3, seed=0)
+    suite = make_suite("bert", num_tasks=3, seed=0, n_calibration=80)  # enough inputs to hold some out
     svd_only = retex_hf.build_retex(
         suite.base, suite.experts, suite.calibration, budget=BUDGET["bert"] / 3, recovery_steps=0, quiet=True
     )

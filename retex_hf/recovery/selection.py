@@ -19,20 +19,24 @@ import torch
 from transformers import TrainerCallback
 
 Example = dict[str, torch.Tensor]
-MIN_HELD_OUT = 4  # per task; below this the held-out loss is too noisy to choose by
+# Selection needs enough inputs per task to spare some: with fewer than MIN_INPUTS a task trains
+# on all of them (as with the few dozen of a small build, where every input counts for recovery).
+MIN_INPUTS = 64
+MAX_HELD_OUT = 32  # per task: each measurement is a forward pass over every held-out input
 HELD_OUT_SHARE = 0.2
 
 
 def split_held_out(examples: list[Example], seed: int) -> tuple[list[Example], dict[int, list[Example]]]:
-    """(training examples, held-out examples per task index). Tasks with too few inputs hold none out."""
+    """(training examples, held-out examples per task index). Tasks with fewer than ``MIN_INPUTS``
+    inputs hold none out."""
     by_task: dict[int, list[Example]] = {}
     for example in examples:
         by_task.setdefault(int(example["task_index"]), []).append(example)
     train, held_out = [], {}
     rng = random.Random(seed)
     for task, rows in by_task.items():
-        count = int(len(rows) * HELD_OUT_SHARE)
-        if count < MIN_HELD_OUT or len(rows) - count < MIN_HELD_OUT:
+        count = min(int(len(rows) * HELD_OUT_SHARE), MAX_HELD_OUT)
+        if len(rows) < MIN_INPUTS:
             train += rows
             continue
         order = list(range(len(rows)))

@@ -157,7 +157,7 @@ def recover(
             return loss / len(rows) if agreement is None else 1.0 - agreement / len(rows)
 
         task_names = list(model.config.task_names)
-        selector = BestOffsetsCallback(model, task_names, held_out, held_out_score, every=max(1, steps // 10))
+        selector = BestOffsetsCallback(model, task_names, held_out, held_out_score, every=max(1, steps // 5))
         trainer.add_callback(selector)
     try:
         trainer.train()
