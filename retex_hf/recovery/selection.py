@@ -3,11 +3,11 @@
 Distillation sees a few dozen calibration inputs per task. On a real encoder it can fit them and
 drift away from the expert everywhere else (measured on all-MiniLM-L6-v2: 100 steps took one task's
 fidelity from 0.95 after the SVD fit down to 0.60). So a share of each task's calibration inputs is
-held out; the held-out distillation loss is measured before training (the SVD offsets) and every
-few steps, and each task ends with the snapshot of *its own* offsets at its best point: the highest
-held-out probability of the expert's top answer (a smooth stand-in for fidelity). Offsets of
-different tasks are separate parameters, so the choice is per task, and recovery can only leave a
-task's held-out loss where the SVD fit put it or lower it.
+held out; their score (the probability the model gives the expert's top answer, a smooth stand-in
+for fidelity) is measured before training (the SVD offsets) and every few steps, and each task ends
+with the snapshot of *its own* offsets at its best point. Offsets of different tasks are separate
+parameters, so the choice is per task, and recovery can only leave a task's held-out score where
+the SVD fit put it or better it.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from collections.abc import Callable
 
 import torch
 from transformers import TrainerCallback
+
+from ..finetuning import task_parameter_names
 
 Example = dict[str, torch.Tensor]
 # Selection needs enough inputs per task to spare some: with fewer than MIN_INPUTS a task trains
@@ -35,10 +37,10 @@ def split_held_out(examples: list[Example], seed: int) -> tuple[list[Example], d
     train, held_out = [], {}
     rng = random.Random(seed)
     for task, rows in by_task.items():
-        count = min(int(len(rows) * HELD_OUT_SHARE), MAX_HELD_OUT)
         if len(rows) < MIN_INPUTS:
             train += rows
             continue
+        count = min(int(len(rows) * HELD_OUT_SHARE), MAX_HELD_OUT)
         order = list(range(len(rows)))
         rng.shuffle(order)
         held_out[task] = [rows[i] for i in order[:count]]
@@ -52,7 +54,7 @@ def _better(score: float, best: float, tolerance: float = 1e-4) -> bool:
 
 
 class BestOffsetsCallback(TrainerCallback):
-    """Measures each task's held-out loss every ``every`` steps and keeps its best offsets.
+    """Scores each task's held-out inputs every ``every`` steps and keeps its best offsets.
 
     ``score_of(rows)`` scores a list of examples (no grad): lower is better.
     """
@@ -69,11 +71,10 @@ class BestOffsetsCallback(TrainerCallback):
         self.every = max(1, every)
         self.best: dict[int, tuple[float, int, dict[str, torch.Tensor]]] = {}
         self.history: list[dict] = []
-
-    def _task_params(self, task: int) -> dict[str, torch.nn.Parameter]:
-        name = self.task_names[task]
-        return {
-            n: p for n, p in self.model.named_parameters() if n.startswith("offsets.") and n.rsplit(".", 1)[-1] == name
+        # Which parameters are a task's offsets is decided in one place: the fine-tuning recipe's.
+        params = dict(model.named_parameters())
+        self._offsets = {
+            task: {n: params[n] for n in task_parameter_names(model, task_names[task], head=False)} for task in held_out
         }
 
     @torch.no_grad()
@@ -84,7 +85,7 @@ class BestOffsetsCallback(TrainerCallback):
         for task, rows in self.held_out.items():
             score = scores[self.task_names[task]] = self.score_of(rows)
             if task not in self.best or _better(score, self.best[task][0]):
-                snapshot = {n: p.detach().clone() for n, p in self._task_params(task).items()}
+                snapshot = {n: p.detach().clone() for n, p in self._offsets[task].items()}
                 self.best[task] = (score, step, snapshot)
         self.history.append({"step": step, "held_out_score": scores})
         self.model.train(was_training)
@@ -101,8 +102,7 @@ class BestOffsetsCallback(TrainerCallback):
         """Put every task's best offsets back; returns the step each task's offsets come from."""
         chosen = {}
         for task, (_, step, snapshot) in self.best.items():
-            params = self._task_params(task)
             for name, value in snapshot.items():
-                params[name].copy_(value)
+                self._offsets[task][name].copy_(value)
             chosen[self.task_names[task]] = step
         return chosen
