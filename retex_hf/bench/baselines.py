@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 from transformers import PreTrainedModel
 
 from .. import backbones
-from ..evaluation import HeadSpec
+from ..evaluation import HeadSpec, slices
 from ..merging import emr_masks_and_rescalers, merge_tensor, tall_masks
 from ..routing.signatures import default_components, fit_signature, select_components, subspace_residuals
 from . import measure
@@ -148,7 +148,7 @@ def sim_router(pool: ExpertPool, calibration: Mapping[str, Mapping[str, torch.Te
 
     @torch.no_grad()
     def features(inputs) -> torch.Tensor:
-        return torch.cat([backbones.pool_features(encoder, batch) for batch in measure.slices(inputs, 64)])
+        return torch.cat([backbones.pool_features(encoder, batch) for batch in slices(inputs, 64)])
 
     support = {t: features({k: v[:SIM_SUPPORT] for k, v in calibration[t].items()}) for t in pool.tasks}
     smallest = min(f.shape[0] for f in support.values())

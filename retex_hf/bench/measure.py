@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..evaluation import slices, trim  # noqa: F401  (re-exported for the bench modules)
+from ..evaluation import slices
 
 Inputs = Mapping[str, torch.Tensor]
 

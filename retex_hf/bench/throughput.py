@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 
+from ..evaluation import trim
 from . import baselines, measure
 from .suite import SuiteData
 
@@ -41,7 +42,7 @@ def measure_throughput(model, pool: baselines.ExpertPool, data: SuiteData, setti
             routed = route(batch)
             for i in routed.unique().tolist():
                 task = tasks[i]
-                group = measure.trim(measure.select(batch, (routed == i).nonzero().squeeze(1)))
+                group = trim(measure.select(batch, (routed == i).nonzero().squeeze(1)))
                 probe = pool.probe(task, bodies[task])  # copies the whole body in: the reload
                 pool.forward_for(probe, task)(group)
                 reloads += 1
