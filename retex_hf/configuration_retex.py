@@ -39,6 +39,7 @@ class RetexConfig(PreTrainedConfig):
         router_threshold_quantile: float = 0.99,
         router_temperature: float = 0.1,
         router_layer: int = 0,
+        router_rule: str = "subspace",
         unknown_task_policy: str = "soft",
         merge_method: str | None = None,
         merge_hparams: dict[str, Any] | None = None,
@@ -49,6 +50,8 @@ class RetexConfig(PreTrainedConfig):
             backbone_config = AutoConfig.for_model(**backbone_config)
         if unknown_task_policy not in UNKNOWN_TASK_POLICIES:
             raise ValueError(f"unknown_task_policy={unknown_task_policy!r}; valid: {', '.join(UNKNOWN_TASK_POLICIES)}")
+        if router_rule not in ("subspace", "discriminant"):
+            raise ValueError(f"router_rule={router_rule!r}; valid: subspace, discriminant")
         self.backbone_config = backbone_config
         self.backbone_architecture = backbone_architecture
         self.task_names = list(task_names or [])
@@ -70,6 +73,7 @@ class RetexConfig(PreTrainedConfig):
         self.router_threshold_quantile = float(router_threshold_quantile)
         self.router_temperature = float(router_temperature)
         self.router_layer = int(router_layer)  # 0: route on the last layer's features
+        self.router_rule = router_rule  # which rule picks the task; see retex_hf/routing/
         self.unknown_task_policy = unknown_task_policy
         self.merge_method = merge_method
         self.merge_hparams = dict(merge_hparams or {})

@@ -25,7 +25,7 @@ from .offsets.bank import LowRankOffset, OffsetBank, VectorOffset
 from .offsets.hooks import install_offset_hooks
 from .placement import resolve_device_map
 from .routing.context import RoutingState, current_routing, routing
-from .routing.signatures import SubspaceRouter
+from .routing.router import TaskRouter
 
 TaskSpec = str | Sequence[str] | torch.Tensor | None
 
@@ -42,7 +42,7 @@ class RetexPreTrainedModel(CheckedCheckpointMixin, PreTrainedModel):
     # forward() returns a mean loss: Trainer must not rescale it for gradient accumulation.
     accepts_loss_kwargs = False
     # Units accelerate must keep whole under device_map (the backbone's own are added by post_init).
-    _no_split_modules = ["LowRankOffset", "VectorOffset", "SubspaceRouter", "TensorHeads", "PerTaskHead"]
+    _no_split_modules = ["LowRankOffset", "VectorOffset", "TaskRouter", "TensorHeads", "PerTaskHead"]
 
     def __init__(self, config: RetexConfig):
         super().__init__(config)
@@ -89,17 +89,24 @@ class RetexPreTrainedModel(CheckedCheckpointMixin, PreTrainedModel):
 
     def _make_router(self) -> None:
         config = self.config
-        self.router = SubspaceRouter(len(config.task_names), config.router_feature_dim, config.router_num_components)
+        self.router = TaskRouter(
+            len(config.task_names),
+            config.router_feature_dim,
+            config.router_num_components,
+            discriminant=config.router_rule == "discriminant",
+        )
         self.router.to(self.device)
 
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, (LowRankOffset, VectorOffset, TensorHeads)):
             for param in module.parameters():
                 nn.init.zeros_(param)
-        elif isinstance(module, SubspaceRouter):
+        elif isinstance(module, TaskRouter):
             module.means.zero_()
             module.bases.zero_()
             module.thresholds.fill_(1.0)
+            if module.rule == "discriminant":
+                module.precision.zero_()
 
     def _set_gradient_checkpointing(self, enable: bool = True, gradient_checkpointing_func=None, **kwargs):
         """Recomputation during backward happens after the forward's routing context has closed:

@@ -1,6 +1,6 @@
 """trust_remote_code: a checkpoint that ships its code loads, and gives the same outputs, in a
 process where retex_hf cannot be imported: from a directory and from the (loopback) Hub, for a
-BERT-style classifier and a CLIP tower with zero-shot tensor heads."""
+BERT-style classifier and a CLIP tower with zero-shot tensor heads (routed by the discriminant rule)."""
 
 from __future__ import annotations
 
@@ -35,8 +35,9 @@ def _build_clip():
     calibration = {t: inputs(i, 16) for i, t in enumerate(experts)}
     model = retex_hf.build_retex(
         base, experts, calibration, heads=heads, normalize_features=True, logit_scale=100.0,
-        merge="averaging", budget=0.5, recovery_steps=0, quiet=True,
+        merge="averaging", budget=0.5, recovery_steps=0, router_rule="discriminant", quiet=True,
     )  # fmt: skip
+    assert model.router.rule == "discriminant"  # the bundle must carry the second routing rule too
     batch = {"pixel_values": torch.cat([inputs(0, 3, 7)["pixel_values"], inputs(1, 3, 7)["pixel_values"]])}
     return model.eval(), batch
 

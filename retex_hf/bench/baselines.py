@@ -24,7 +24,8 @@ from transformers import PreTrainedModel
 from .. import backbones
 from ..evaluation import HeadSpec, slices
 from ..merging import emr_masks_and_rescalers, merge_tensor, tall_masks
-from ..routing.signatures import default_components, fit_signature, select_components, subspace_residuals
+from ..routing.selection import select_components
+from ..routing.signatures import default_components, fit_signature, subspace_residuals
 from . import measure
 from .suite import LabelledSplit
 

@@ -113,6 +113,12 @@ def markdown(result: dict) -> str:
         f"TIES λ = {ch['ties_lambda']} (density {ch['ties_density']}), TALL λ per task {ch['tall_lambda']}; "
         f"TSV-M α = {ch['tsv_alpha']}; SiM components {ch['sim_components']}",
     ]
+    if result.get("retex_router"):
+        rr = result["retex_router"]
+        lines.append(
+            f"- ReTeX router: {rr['rule']} rule, features after {rr['layer'] or 'all'} layer(s), "
+            f"signatures of {rr['components']} components"
+        )
     if result.get("scaling"):
         sc = result["scaling"]
         lines += ["", f"## Scaling (task unknown; {sc['subsample_per_task']} test inputs per task)", "",

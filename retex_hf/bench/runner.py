@@ -45,6 +45,7 @@ class RunSettings:
     recovery_steps: int = 200
     merge: str = "tsv"  # the strongest static merge on both suites: less left for the offsets to carry
     router_layer: int = 0  # route on the features after this many encoder layers (0: the last)
+    router_rule: str = "auto"  # subspace (SiM), discriminant, or auto: chosen on held-out calibration
     threads: int = 1
     scaling: bool = True
     bootstrap_rounds: int = 1000
@@ -105,6 +106,7 @@ def build_in_child(data: SuiteData, tasks: list[str], output: Path, settings: Ru
         "logit_scale": data.head_logit_scale,
         "seed": settings.seed,
         "router_layer": settings.router_layer,
+        "router_rule": settings.router_rule,
         "quiet": True,
         "threads": settings.threads,
         "output": str(output),
@@ -277,6 +279,11 @@ def run(suite: str, output: Path, cache_dir: Path, settings: RunSettings) -> dic
         "methods": list(outcomes),
         "summary": summary,
         "router": router,
+        "retex_router": {
+            "rule": model.config.router_rule,
+            "layer": model.config.router_layer,
+            "components": model.config.router_num_components,
+        },
         "storage": build["storage"],
         "build": {k: build[k] for k in ("build_seconds", "peak_rss_mib", "checkpoint_bytes_on_disk")},
         "throughput": speed,

@@ -35,7 +35,9 @@ from ..offsets.activations import collect_input_statistics
 from ..offsets.fit import TaskOffsets, fit_task_offsets
 from ..offsets.targets import discover_targets
 from ..recovery.targets import teacher_examples
-from ..routing.signatures import default_components, fit_signature, select_components
+from ..routing.discriminant import fit_precision
+from ..routing.selection import ROUTER_RULES, select_components, select_router_rule
+from ..routing.signatures import default_components, fit_signature
 from .peft_experts import is_peft_adapter, merge_peft_expert
 from .sources import ModelSpec, WeightSource
 
@@ -130,6 +132,7 @@ def build_retex(
     threshold_quantile: float = 0.99,
     router_temperature: float = 0.1,
     router_layer: int = 0,
+    router_rule: str = "auto",
     unknown_task_policy: str = "soft",
     batch_size: int = 16,
     max_new_tokens: int = 16,
@@ -146,9 +149,14 @@ def build_retex(
     expert farther than that from the base (‖θ_t − θ0‖/‖θ0‖ over the body; None: no limit).
     ``router_layer`` = k > 0 routes on the merged model's features after k encoder layers, so the
     routing pass stops there (faster inference; check router accuracy); 0 routes on the last layer.
+    ``router_rule`` picks a task by SiM's subspace residual or by the shared-covariance discriminant
+    (better where tasks share a domain); "auto" takes the one that routes more held-out
+    calibration inputs right.
     """
     # 0. Validation: cheap checks first, then one streamed pass over every weight.
     tasks = _check_tasks(experts, calibration)
+    if router_rule not in ROUTER_RULES:
+        raise safety.BuildInputError(f"router_rule={router_rule!r}; valid: {', '.join(ROUTER_RULES)}")
     if not 0 < budget <= MAX_BUDGET:
         raise safety.BuildInputError(f"budget={budget} must be a fraction of the model size in (0, {MAX_BUDGET}]")
     hparams = resolve_hparams(merge, **dict(merge_kwargs or {}))
@@ -261,16 +269,22 @@ def build_retex(
     signatures = [
         fit_signature(features[t], min(components, features[t].shape[0] - 1), threshold_quantile) for t in tasks
     ]
+    per_task = [features[t] for t in tasks]
+    candidates = ("subspace", "discriminant") if router_rule == "auto" else (router_rule,)
+    router_rule, shrinkage = select_router_rule(per_task, components, candidates)
 
     # 5. Offsets and router take their final shapes.
     config.offset_ranks = {t: {n: r for n, r in fitted[t].ranks.items() if r > 0} for t in tasks}
     config.router_feature_dim = feature_dim
     config.router_num_components = max(s.basis.shape[1] for s in signatures)
+    config.router_rule = router_rule
     model._make_offsets()
     model._make_router()
     for task in tasks:
         load_offsets(model, task, fitted[task])
     model.router.load_signatures(signatures)
+    if router_rule == "discriminant":
+        model.router.load_precision(fit_precision(per_task, shrinkage))
 
     scratch.cleanup()
     if recovery_steps > 0:

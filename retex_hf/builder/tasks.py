@@ -189,5 +189,8 @@ def _rebuild(
     lost = [k for k in missing if k.rsplit(".", 1)[-1] != new_task]
     if unexpected or lost:
         raise RuntimeError(f"offset tensors lost in the change: {(unexpected + lost)[:5]}")
+    precision = model.router.precision.clone() if model.router.rule == "discriminant" else None
     model._make_router()
     model.router.load_signatures(signatures)
+    if precision is not None:  # the discriminant's covariance stays that of the tasks it was fitted on
+        model.router.load_precision(precision)

@@ -13,6 +13,7 @@ Options:
   --recovery-steps N   distillation steps of the ReTeX build (default 200; quick 30)
   --merge NAME         the merge under the offsets (default tsv; see retex_hf.available_merge_methods())
   --router-layer K     route on the features after K encoder layers (0, the default: the last)
+  --router-rule R      auto (default), subspace (SiM's residual) or discriminant
   --threads N          torch threads (default 1: faster than 2 on a busy 2-core machine)
   --no-scaling         skip the scaling study (tasks 2/4/6/8, budgets x0.25..x2)
   --keep-checkpoint D  also keep the ReTeX checkpoint in directory D
@@ -41,6 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--recovery-steps", type=int, default=None, help="distillation steps (default 200; quick 30)")
     parser.add_argument("--merge", default="tsv", help="merge method under the offsets")
     parser.add_argument("--router-layer", type=int, default=0, help="route after K encoder layers (0: last)")
+    parser.add_argument("--router-rule", default="auto", choices=("auto", "subspace", "discriminant"))
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--no-scaling", action="store_true", help="skip the scaling study")
     parser.add_argument("--keep-checkpoint", default=None, help="also save the ReTeX checkpoint here")
@@ -60,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
         recovery_steps=args.recovery_steps if args.recovery_steps is not None else (30 if args.quick else 200),
         merge=args.merge,
         router_layer=args.router_layer,
+        router_rule=args.router_rule,
         threads=args.threads,
         scaling=not (args.no_scaling or args.quick),
         bootstrap_rounds=200 if args.quick else 1000,

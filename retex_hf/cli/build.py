@@ -28,6 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--recovery-arg", action="append", default=[], metavar="NAME=VALUE",
                         help="recovery option, e.g. learning_rate=1e-3 or select_on_held_out=false")  # fmt: skip
     parser.add_argument("--router-layer", type=int, default=0, help="route after K encoder layers (0: the last)")
+    parser.add_argument("--router-rule", default="auto", choices=("auto", "subspace", "discriminant"),
+                        help="how the router picks a task (auto: the better on held-out inputs)")  # fmt: skip
     parser.add_argument("--num-calibration", type=int, default=32, help="calibration inputs per task")
     parser.add_argument("--text-column", default="text")
     parser.add_argument("--image-column", default="image")
@@ -79,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
         recovery_steps=args.recovery_steps,
         recovery_kwargs=recovery_kwargs,
         router_layer=args.router_layer,
+        router_rule=args.router_rule,
         merge_kwargs=merge_kwargs,
         allow_pickle=args.allow_pickle,
         seed=args.seed,
