@@ -227,8 +227,8 @@ def _section_summary(info: Mapping[str, Any]) -> str:
     return (
         f"This checkpoint was built with `retex-hf`: {n} fine-tuned experts of one "
         f"backbone merged into one set of weights (`{method}`), plus small per-task low-rank ReTeX offsets that "
-        "restore each expert's behaviour. SiM task signatures route every input to its task's offset, so the model "
-        "serves all tasks without being told which task an input belongs to."
+        "restore each expert's behaviour. A router built from SiM task signatures sends every input to its task's "
+        "offset, so the model serves all tasks without being told which task an input belongs to."
     )
 
 
@@ -256,6 +256,9 @@ def _section_merge(info: Mapping[str, Any]) -> str:
         lines.append(f"- **Offset budget:** {info['budget']}")
     if info.get("recovery_steps") is not None:
         lines.append(f"- **Recovery steps:** {info['recovery_steps']}")
+    if info.get("router_rule") is not None:
+        layer = info.get("router_layer") or "all"
+        lines.append(f"- **Router:** {info['router_rule']} rule on the features after {layer} encoder layer(s)")
     return "\n".join(lines)
 
 
@@ -264,7 +267,7 @@ def _section_storage(info: Mapping[str, Any]) -> str:
     rows = [
         ("Merged weights", _fmt_bytes(storage.get("merged_weights"))),
         ("Task offsets", _fmt_bytes(storage.get("offsets"))),
-        ("Task signatures", _fmt_bytes(storage.get("signatures"))),
+        ("Router (signatures, rule)", _fmt_bytes(storage.get("signatures"))),
         ("Task heads", _fmt_bytes(storage.get("heads"))),
         ("**Total**", _fmt_bytes(storage.get("total"))),
         ("Total vs. one model", _fmt_multiple(storage.get("total_vs_one_model"))),

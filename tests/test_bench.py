@@ -13,7 +13,7 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from retex_hf.bench import load_suites
-from retex_hf.bench.runner import METHODS
+from retex_hf.bench.runner import METHODS, RunSettings, run
 from retex_hf.cli import main
 
 MEAN_KEYS = {"accuracy", "accuracy_ci", "normalized_accuracy", "normalized_accuracy_ci", "fidelity", "fidelity_ci",
@@ -97,3 +97,30 @@ def test_unknown_task_and_suite_are_named(tmp_path):
         prepare(quick=True, cache_dir=tmp_path, seed=0, tasks=["no_such_task"])
     with pytest.raises(SystemExit, match="nope"):
         main(["bench", "nope", "--quick", "--output", str(tmp_path / "o"), "--cache-dir", str(tmp_path)])
+
+
+def test_scaling_study_points(quick_run, tmp_path):
+    """The scaling study on the quick suite: the all-task point at the main budget is the main
+    build itself (not built twice), a doubled budget is a build of its own and weighs more."""
+    _, cache = quick_run
+    settings = RunSettings(quick=True, recovery_steps=5, scaling=True, budget_factors=(1.0, 2.0),
+                           bootstrap_rounds=20, throughput_batches=1)  # fmt: skip
+    report = run("text", tmp_path / "out", cache, settings)
+    scaling = report["scaling"]
+    tasks = len(report["tasks"])
+    assert [p["tasks"] for p in scaling["by_tasks"]] == [tasks]
+    main_point = scaling["by_tasks"][0]
+    assert main_point["build_seconds"] == report["build"]["build_seconds"]  # reused, not rebuilt
+    assert main_point["bytes_vs_one_model"] == report["storage"]["total_vs_one_model"]
+    small, large = scaling["by_budget"]
+    assert (small["budget"], large["budget"]) == (settings.budget, 2 * settings.budget)
+    assert large["bytes_vs_one_model"] > small["bytes_vs_one_model"]
+    for point in scaling["by_tasks"] + scaling["by_budget"]:
+        assert 0.0 <= point["retex_normalized_accuracy"] <= 2.0
+        assert (
+            0.0 <= point["task_arithmetic_normalized_accuracy"] <= 2.0
+            if "task_arithmetic_normalized_accuracy" in point
+            else True
+        )
+    text = (tmp_path / "out" / "report.md").read_text()
+    assert "## Scaling" in text and "- build (merge + offsets + signatures + recovery" in text

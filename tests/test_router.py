@@ -117,6 +117,10 @@ def test_discriminant_separates_tasks_that_share_a_domain_where_residuals_cannot
     assert accuracy["discriminant"] >= 0.95
     assert accuracy["subspace"] <= 0.8  # the situation the discriminant exists for
     assert select_router_rule(train, 4)[0] == "discriminant"
+    half = router.half()  # a checkpoint loaded in float16 routes as it did in float32
+    assert torch.isfinite(half.precision).all()
+    half_ids, _, _ = half.route(torch.cat(test).half(), temperature=0.1)
+    assert (half_ids == ids).float().mean() >= 0.98
 
 
 def test_rule_selection_keeps_the_published_rule_when_it_is_as_good():
@@ -134,7 +138,8 @@ def test_precision_matches_the_shrunk_pooled_covariance():
     centred = torch.cat([t.double() - t.double().mean(0) for t in tasks])
     covariance = centred.T @ centred / (40 - 2)
     shrunk = 0.9 * covariance + 0.1 * covariance.diagonal().mean() * torch.eye(32, dtype=torch.float64)
-    torch.testing.assert_close(fit_precision(tasks, 0.1) @ shrunk, torch.eye(32, dtype=torch.float64))
+    scale = covariance.diagonal().mean()  # the precision is stored scaled by it (half-precision range)
+    torch.testing.assert_close(fit_precision(tasks, 0.1) @ shrunk, scale * torch.eye(32, dtype=torch.float64))
     with pytest.raises(ValueError, match="shrinkage"):
         fit_precision(tasks, 0.0)
     with pytest.raises(ValueError, match="subspace rule"):

@@ -100,7 +100,8 @@ def markdown(result: dict) -> str:
         f"(merged {st['merged_weights'] / 1e6:.1f} MB, offsets {st['offsets'] / 1e6:.2f} MB, "
         f"signatures {st['signatures'] / 1e3:.1f} KB, heads {st['heads'] / 1e3:.1f} KB); "
         f"{b['checkpoint_bytes_on_disk'] / 1e6:.1f} MB on disk",
-        f"- build (merge + offsets + signatures + recovery, experts already trained): **{b['build_seconds']:.0f} s**, "
+        f"- build (merge + offsets + signatures + recovery, experts already trained): **{b['build_seconds']:.0f} s** "
+        f"({b.get('build_threads', tp['threads'])} thread(s)), "
         f"peak memory of the build process {b['peak_rss_mib']:.0f} MiB",
         f"- mixed-task batches ({tp['samples']} inputs, batch {tp['batch_size']}, {tp['threads']} thread(s)): "
         + ", ".join(f"{k} {v:.0f}/s" for k, v in tp["samples_per_second"].items())

@@ -47,7 +47,9 @@ class RunSettings:
     router_layer: int = 0  # route on the features after this many encoder layers (0: the last)
     router_rule: str = "auto"  # subspace (SiM), discriminant, or auto: chosen on held-out calibration
     threads: int = 1
+    build_threads: int | None = None  # torch threads of the ReTeX build (None: ``threads``)
     scaling: bool = True
+    budget_factors: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0)  # scaling study: multiples of ``budget``
     bootstrap_rounds: int = 1000
     throughput_batches: int = 12
     keep_checkpoint: str | None = None  # a directory to save the ReTeX checkpoint to (default: discarded)
@@ -87,7 +89,14 @@ def _build_child(request: dict, queue) -> None:
         model = build_retex(**request)
         seconds = time.perf_counter() - start
         model.save_pretrained(output)
-        queue.put({"build_seconds": seconds, "peak_rss_mib": measure.peak_rss_mib(), "storage": model.retex_storage()})
+        queue.put(
+            {
+                "build_seconds": seconds,
+                "build_threads": torch.get_num_threads(),
+                "peak_rss_mib": measure.peak_rss_mib(),
+                "storage": model.retex_storage(),
+            }
+        )
     except BaseException as err:  # noqa: BLE001  (reported to the parent, which raises)
         queue.put({"error": f"{type(err).__name__}: {err}"})
 
@@ -108,7 +117,7 @@ def build_in_child(data: SuiteData, tasks: list[str], output: Path, settings: Ru
         "router_layer": settings.router_layer,
         "router_rule": settings.router_rule,
         "quiet": True,
-        "threads": settings.threads,
+        "threads": settings.build_threads or settings.threads,
         "output": str(output),
         **overrides,
     }
@@ -263,7 +272,7 @@ def run(suite: str, output: Path, cache_dir: Path, settings: RunSettings) -> dic
     scaling = None
     if settings.scaling:
         expert_predictions = {t: outcomes["expert"][t].predictions for t in tasks}
-        scaling = scaling_study(data, tasks, pool, settings, chosen, expert_predictions)
+        scaling = scaling_study(data, tasks, pool, settings, chosen, expert_predictions, main=(model, build))
     scratch.cleanup()
     result = {
         "suite": suite,
@@ -285,7 +294,7 @@ def run(suite: str, output: Path, cache_dir: Path, settings: RunSettings) -> dic
             "components": model.config.router_num_components,
         },
         "storage": build["storage"],
-        "build": {k: build[k] for k in ("build_seconds", "peak_rss_mib", "checkpoint_bytes_on_disk")},
+        "build": {k: build[k] for k in ("build_seconds", "build_threads", "peak_rss_mib", "checkpoint_bytes_on_disk")},
         "throughput": speed,
         "scaling": scaling,
         "total_seconds": time.perf_counter() - start,

@@ -17,7 +17,6 @@ from . import baselines, measure
 from .suite import LabelledSplit, SuiteData
 
 TASK_COUNTS = (2, 4, 6, 8)
-BUDGET_FACTORS = (0.25, 0.5, 1.0, 2.0)  # multiples of the main run's budget
 SUBSAMPLE = 300
 
 
@@ -51,25 +50,30 @@ def _static_predictions(pool: baselines.ExpertPool, tests: dict[str, LabelledSpl
     return result
 
 
+def _evaluate(model, build: dict, tasks: list[str], tests, labels, expert, budget: float) -> dict:
+    return {
+        "tasks": len(tasks),
+        "budget": budget,
+        "retex_normalized_accuracy": _normalized(_retex_predictions(model, tasks, tests), labels, expert),
+        "bytes_vs_one_model": build["storage"]["total_vs_one_model"],
+        "build_seconds": build["build_seconds"],
+    }
+
+
 def _point(data: SuiteData, tasks: list[str], tests, labels, expert, settings, budget: float) -> dict:
     from .runner import build_in_child, load_retex
 
     with tempfile.TemporaryDirectory(prefix="retex-bench-scaling-") as scratch:
         build = build_in_child(data, tasks, Path(scratch) / "ckpt", settings, budget=budget)
-        model = load_retex(Path(scratch) / "ckpt")
-        point = {
-            "tasks": len(tasks),
-            "budget": budget,
-            "retex_normalized_accuracy": _normalized(_retex_predictions(model, tasks, tests), labels, expert),
-            "bytes_vs_one_model": build["storage"]["total_vs_one_model"],
-            "build_seconds": build["build_seconds"],
-        }
-    return point
+        return _evaluate(load_retex(Path(scratch) / "ckpt"), build, tasks, tests, labels, expert, budget)
 
 
 def scaling_study(data: SuiteData, tasks: list[str], pool: baselines.ExpertPool, settings, chosen: dict,
-                  expert_predictions: dict) -> dict:  # fmt: skip
-    """Points over task counts (at the main budget) and over budgets (with every task)."""
+                  expert_predictions: dict, main: tuple | None = None) -> dict:  # fmt: skip
+    """Points over task counts (at the main budget) and over budgets (with every task).
+
+    ``main`` = (model, build record) of the run's own build with every task at the main budget:
+    that point is evaluated on it rather than built a second time (the same build, same seed)."""
     tests, labels, expert = {}, {}, {}
     for j, task in enumerate(tasks):
         tests[task], index = _subsample(data.test[task], SUBSAMPLE, settings.seed + 100 + j)
@@ -78,14 +82,17 @@ def scaling_study(data: SuiteData, tasks: list[str], pool: baselines.ExpertPool,
     by_tasks, by_budget, skipped = [], [], []
     for k in counts:
         subset = tasks[:k]
-        point = _point(data, subset, tests, labels, expert, settings, settings.budget)
+        if main is not None and k == len(tasks):
+            point = _evaluate(*main, subset, tests, labels, expert, settings.budget)
+        else:
+            point = _point(data, subset, tests, labels, expert, settings, settings.budget)
         sub_pool = baselines.ExpertPool(data.base_dir, {t: pool.experts[t] for t in subset}, pool.heads)
         for method, predictions in _static_predictions(sub_pool, {t: tests[t] for t in subset}, chosen).items():
             point[f"{method}_normalized_accuracy"] = _normalized(predictions, labels, expert)
         del sub_pool
         by_tasks.append(point)
         settings.say(f"scaling: {k} tasks -> {point}")
-    for factor in BUDGET_FACTORS:
+    for factor in settings.budget_factors:
         if factor == 1.0:
             by_budget.append({**by_tasks[-1]})
             continue

@@ -15,6 +15,7 @@ Options:
   --router-layer K     route on the features after K encoder layers (0, the default: the last)
   --router-rule R      auto (default), subspace (SiM's residual) or discriminant
   --threads N          torch threads (default 1: faster than 2 on a busy 2-core machine)
+  --build-threads N    torch threads of the ReTeX build alone (default: --threads)
   --no-scaling         skip the scaling study (tasks 2/4/6/8, budgets x0.25..x2)
   --keep-checkpoint D  also keep the ReTeX checkpoint in directory D
 
@@ -44,6 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--router-layer", type=int, default=0, help="route after K encoder layers (0: last)")
     parser.add_argument("--router-rule", default="auto", choices=("auto", "subspace", "discriminant"))
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--build-threads", type=int, default=None, help="torch threads of the ReTeX build")
     parser.add_argument("--no-scaling", action="store_true", help="skip the scaling study")
     parser.add_argument("--keep-checkpoint", default=None, help="also save the ReTeX checkpoint here")
 
@@ -64,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
         router_layer=args.router_layer,
         router_rule=args.router_rule,
         threads=args.threads,
+        build_threads=args.build_threads,
         scaling=not (args.no_scaling or args.quick),
         bootstrap_rounds=200 if args.quick else 1000,
         throughput_batches=2 if args.quick else 12,

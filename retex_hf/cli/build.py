@@ -126,6 +126,8 @@ def write_checkpoint(model, output: Path, preprocessor, args, experts, metrics) 
             "storage": model.retex_storage(),
             "budget": model.config.offset_budget,
             "recovery_steps": model.config.recovery_steps,
+            "router_rule": model.config.router_rule,
+            "router_layer": model.config.router_layer,
             "num_labels": {t: len(v) for t, v in model.config.task_id2label.items()},
         }
         if metrics:

@@ -21,10 +21,13 @@ import torch
 
 
 def fit_precision(features: list[torch.Tensor], shrinkage: float) -> torch.Tensor:
-    """Inverse of the pooled within-task covariance, shrunk towards its mean variance.
+    """Inverse of the pooled within-task covariance shrunk towards its mean variance, up to a
+    positive factor (which no argmax sees).
 
     Shrinkage is what makes D > N workable: 384-dim features from 32 inputs per task have a
-    singular covariance, (1−λ)·S + λ·tr(S)/D·I does not."""
+    singular covariance, (1−λ)·S + λ·tr(S)/D·I does not. The factor is the mean variance itself:
+    the raw inverse of L2-normalised features' covariance reaches ~1e5, past float16's range, so
+    a checkpoint loaded in half precision would route on inf; scaled, entries stay below 1/λ."""
     if not 0.0 < shrinkage <= 1.0:
         raise ValueError(f"shrinkage={shrinkage} must be in (0, 1]")
     centred = torch.cat([f.double() - f.double().mean(dim=0) for f in features])
@@ -32,8 +35,10 @@ def fit_precision(features: list[torch.Tensor], shrinkage: float) -> torch.Tenso
     covariance = centred.T @ centred / dof
     dim = covariance.shape[0]
     scale = covariance.diagonal().mean().clamp_min(1e-12)
-    shrunk = (1.0 - shrinkage) * covariance + shrinkage * scale * torch.eye(dim, dtype=torch.float64)
-    return torch.linalg.inv(shrunk)
+    identity = torch.eye(dim, dtype=torch.float64, device=covariance.device)
+    shrunk = (1.0 - shrinkage) * covariance / scale + shrinkage * identity
+    precision = torch.linalg.inv(shrunk)
+    return (precision + precision.T) / 2  # exactly symmetric: zᵀPμ and μᵀPz agree
 
 
 def discriminant_scores(z: torch.Tensor, means: torch.Tensor, precision: torch.Tensor) -> torch.Tensor:
