@@ -192,7 +192,7 @@ class RetexPreTrainedModel(CheckedCheckpointMixin, PreTrainedModel):
             return RoutingState(codes, ids), {"unknown": torch.zeros(batch, dtype=torch.bool, device=device)}
         features = self.route_features(inputs).to(device)  # the backbone may end on another device
         residuals = self.router.residuals(features)
-        task_ids, soft, unknown = self.router.route(features, self.config.router_temperature)
+        task_ids, soft, unknown = self.router.route(features, self.config.router_temperature, residuals)
         codes = torch.nn.functional.one_hot(task_ids, num_tasks).float()
         if unknown.any():
             policy = self.config.unknown_task_policy

@@ -4,7 +4,7 @@ Suites: `text` (all-MiniLM-L6-v2 and eight real text tasks), `vision` (when inst
 are fine-tuned once and cached in --cache-dir; a re-run reuses them. Needs `pip install -e .[bench]`.
 
 Options:
-  --quick              a few tasks, few samples, no scaling study: the smoke test (about a minute)
+  --quick              a few tasks, few samples, a two-point scaling study (budget x1, x2): the smoke test
   --output DIR         where report.json, report.md and the plots go (default bench-results/SUITE; quick: SUITE-quick)
   --cache-dir DIR      where fine-tuned experts are cached (default ~/.cache/retex_hf/bench)
   --tasks a,b          run only these tasks of the suite
@@ -67,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
         router_rule=args.router_rule,
         threads=args.threads,
         build_threads=args.build_threads,
-        scaling=not (args.no_scaling or args.quick),
+        scaling=not args.no_scaling,
+        budget_factors=(1.0, 2.0) if args.quick else RunSettings.budget_factors,
         bootstrap_rounds=200 if args.quick else 1000,
         throughput_batches=2 if args.quick else 12,
         keep_checkpoint=args.keep_checkpoint,

@@ -59,9 +59,12 @@ class TaskRouter(nn.Module):
     def residuals(self, features: torch.Tensor) -> torch.Tensor:
         return subspace_residuals(features, self.means, self.bases)
 
-    def route(self, features: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(task ids [B], soft codes [B, T], unknown flags [B]) for L2-normalised features."""
-        residuals = self.residuals(features)
+    def route(
+        self, features: torch.Tensor, temperature: float, residuals: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(task ids [B], soft codes [B, T], unknown flags [B]) for L2-normalised features;
+        ``residuals`` are `residuals(features)` when the caller already has them."""
+        residuals = self.residuals(features) if residuals is None else residuals
         if hasattr(self, "precision"):
             task_ids = discriminant_scores(features, self.means, self.precision).argmax(dim=-1)
         else:
